@@ -1,0 +1,226 @@
+"""Robust statistical detectors: windowed median/MAD z-score, flat-lines and gaps.
+
+All three keep a bounded window of history, score before they learn, and have
+vectorised batch forms that give the numbers of the per-event forms.
+
+Example:
+    >>> import numpy as np
+    >>> d = Flatline()
+    >>> d.score_learn_many(np.array([1.0, 2.0, 3.0, 3.0, 3.0])).round(2).tolist()
+    [0.0, 0.0, 0.0, 0.6, 0.8]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from operators.detectors.base import Detector
+from operators.events import BoolArray, FloatArray, IntArray
+
+MAD_TO_SIGMA = 1.4826
+
+
+def repeat_runs(same: BoolArray, carried: int) -> IntArray:
+    """Length of the run of repeats ending at each position (0 where no repeat).
+
+    Args:
+        same: Whether each value equals its predecessor.
+        carried: Repeats in the run still open before the first position.
+
+    Example:
+        >>> repeat_runs(np.array([True, False, True, True]), 2).tolist()
+        [3, 0, 1, 2]
+    """
+    idx = np.arange(len(same))
+    last_break = np.maximum.accumulate(np.where(same, -1, idx))
+    run = np.where(same, idx - last_break, 0)
+    # Repeats before any break in this batch continue the carried run.
+    return np.where(same & (last_break == -1), run + carried, run).astype(np.int64)
+
+
+class RobustZ(Detector):
+    """``|x - median| / (1.4826 MAD)`` over the last ``window`` learned values.
+
+    Score range: [0, inf); about N(0, 1) in absolute value for Gaussian noise.
+    The scale has a floor of ``min_scale`` (in input units) so that a series
+    that has been constant does not turn its first wiggle into an infinite
+    score. Scores 0 until ``min_history`` values are learned.
+    """
+
+    name = "robust-z"
+    score_range = "[0, inf): robust z-score"
+    calibrator = "gaussian"
+
+    def __init__(self, window: int = 120, min_history: int = 8, min_scale: float = 1e-3) -> None:
+        if window < min_history or min_history < 2:
+            msg = f"robust-z: expected 2 <= min_history <= window, got {min_history}, {window}"
+            raise ValueError(msg)
+        self.window = window
+        self.min_history = min_history
+        self.min_scale = min_scale
+        self.history = np.empty(0, dtype=np.float64)
+
+    def _score_against(self, x: float, hist: FloatArray) -> float:
+        if len(hist) < self.min_history:
+            return 0.0
+        med = np.median(hist)
+        mad = np.median(np.abs(hist - med))
+        return float(abs(x - med) / max(MAD_TO_SIGMA * mad, self.min_scale))
+
+    def score_one(self, x: float) -> float:
+        """Robust z-score of ``x`` against the window."""
+        return self._score_against(x, self.history)
+
+    def learn_one(self, x: float) -> None:
+        """Append ``x`` to the window, dropping the oldest value when full."""
+        self.history = np.append(self.history, x)[-self.window :]
+
+    def score_learn_many(self, xs: FloatArray) -> FloatArray:
+        """Vectorised score-then-learn over full windows."""
+        out = np.empty(len(xs), dtype=np.float64)
+        i = 0
+        while i < len(xs) and len(self.history) < self.window:
+            out[i] = self.score_one(float(xs[i]))
+            self.learn_one(float(xs[i]))
+            i += 1
+        if i < len(xs):
+            joined = np.concatenate((self.history, xs[i:]))
+            windows = sliding_window_view(joined, self.window)[: len(xs) - i]
+            med = np.median(windows, axis=1)
+            mad = np.median(np.abs(windows - med[:, None]), axis=1)
+            out[i:] = np.abs(xs[i:] - med) / np.maximum(MAD_TO_SIGMA * mad, self.min_scale)
+            self.history = joined[-self.window :].copy()
+        return out
+
+
+class Flatline(Detector):
+    """Surprise of a run of identical values (a stuck sensor).
+
+    With ``q`` the learned probability that a value repeats its predecessor
+    exactly (Laplace-smoothed count over the series so far), a run of ``r``
+    identical values has probability about ``q ** (r - 1)``; the score is its
+    surprise ``-log10`` of that. Score range: [0, inf), 0 for a value that
+    differs from the previous one.
+    """
+
+    name = "flatline"
+    score_range = "[0, inf): -log10 probability of the current run of repeats"
+    calibrator = "surprise"
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.run = 0
+        self.pairs = 0
+        self.repeats = 0
+
+    def score_one(self, x: float) -> float:
+        """Surprise of the run that ``x`` would extend."""
+        if self.last is None or x != self.last:
+            return 0.0
+        q = (self.repeats + 1) / (self.pairs + 2)
+        return float(-(self.run + 1) * np.log10(q))
+
+    def learn_one(self, x: float) -> None:
+        """Count the pair (previous, x) and extend or restart the run."""
+        if self.last is not None:
+            self.pairs += 1
+            if x == self.last:
+                self.repeats += 1
+                self.run += 1
+            else:
+                self.run = 0
+        self.last = x
+
+    def score_learn_many(self, xs: FloatArray) -> FloatArray:
+        """Vectorised score-then-learn."""
+        n = len(xs)
+        if n == 0:
+            return np.empty(0, dtype=np.float64)
+        prev = np.concatenate(([np.nan if self.last is None else self.last], xs[:-1]))
+        has_prev = np.ones(n, dtype=bool)
+        if self.last is None:
+            has_prev[0] = False
+        same = (xs == prev) & has_prev
+        run = repeat_runs(same, self.run)
+        pairs_before = self.pairs + np.cumsum(has_prev) - has_prev
+        repeats_before = self.repeats + np.cumsum(same) - same
+        q = (repeats_before + 1) / (pairs_before + 2)
+        out = np.where(same, -run * np.log10(q), 0.0)
+        self.pairs = int(pairs_before[-1] + has_prev[-1])
+        self.repeats = int(repeats_before[-1] + same[-1])
+        self.run = int(run[-1])
+        self.last = float(xs[-1])
+        return np.asarray(out, dtype=np.float64)
+
+
+class Gap(Detector):
+    """Surprise of a gap in a series' event times (a dropout).
+
+    The input is the interval since the previous reading. The typical interval
+    is the median of the last ``window`` intervals; a gap of ``g`` holds
+    ``m = round(g / typical) - 1`` missing readings. With ``pi`` the learned
+    probability that an expected reading is missing (Laplace-smoothed), the
+    score is the surprise of ``m`` misses in a row, ``-m log10 pi``. Score
+    range: [0, inf), 0 when nothing is missing.
+    """
+
+    name = "gap"
+    score_range = "[0, inf): -log10 probability of the missing readings"
+    calibrator = "surprise"
+
+    def __init__(self, window: int = 64, min_history: int = 8) -> None:
+        self.window = window
+        self.min_history = min_history
+        self.history = np.empty(0, dtype=np.float64)
+        self.slots = 0
+        self.missing = 0
+
+    def _missing(self, x: float, hist: FloatArray) -> int:
+        if len(hist) < self.min_history:
+            return 0
+        typical = float(np.median(hist))
+        if typical <= 0:
+            return 0
+        return max(round(x / typical) - 1, 0)
+
+    def score_one(self, x: float) -> float:
+        """Surprise of the readings missing before this one."""
+        m = self._missing(x, self.history)
+        if m == 0:
+            return 0.0
+        pi = (self.missing + 1) / (self.slots + 2)
+        return float(-m * np.log10(pi))
+
+    def learn_one(self, x: float) -> None:
+        """Count expected and missing readings, and remember the interval."""
+        m = self._missing(x, self.history)
+        self.slots += m + 1
+        self.missing += m
+        self.history = np.append(self.history, x)[-self.window :]
+
+    def score_learn_many(self, xs: FloatArray) -> FloatArray:
+        """Vectorised score-then-learn over full windows."""
+        n = len(xs)
+        missing = np.zeros(n, dtype=np.int64)
+        i = 0
+        hist = self.history
+        while i < n and len(hist) < self.window:
+            missing[i] = self._missing(float(xs[i]), hist)
+            hist = np.append(hist, xs[i])
+            i += 1
+        if i < n:
+            joined = np.concatenate((hist, xs[i:]))
+            typical = np.median(sliding_window_view(joined, self.window)[: n - i], axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m = np.where(typical > 0, np.round(xs[i:] / np.where(typical > 0, typical, 1)), 1)
+            missing[i:] = np.maximum(m.astype(np.int64) - 1, 0)
+            hist = joined[-self.window :]
+        missing_before = self.missing + np.cumsum(missing) - missing
+        slots_before = self.slots + np.cumsum(missing + 1) - (missing + 1)
+        pi = (missing_before + 1) / (slots_before + 2)
+        out = np.where(missing > 0, -missing * np.log10(pi), 0.0)
+        self.history = hist.copy()
+        self.missing += int(missing.sum())
+        self.slots += int((missing + 1).sum())
+        return np.asarray(out, dtype=np.float64)

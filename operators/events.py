@@ -1,0 +1,235 @@
+"""Event types that cross the steps of every Vigil dataflow.
+
+Records are frozen, slotted dataclasses. The hot path carries *micro-batches*
+(:class:`RawBatch`, :class:`SeriesBatch`, :class:`ScoredBatch`): one Bytewax
+item holds many events, so the per-item cost of the runtime is paid once per
+batch rather than once per event. Columns inside a batch are numpy arrays;
+timestamps are event time in integer milliseconds since the Unix epoch (UTC).
+
+Example:
+    >>> from datetime import datetime, timezone
+    >>> r = Reading("3", datetime(2024, 1, 1, tzinfo=timezone.utc), 24.5, None)
+    >>> r.ts_ms
+    1704067200000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+def ms_to_datetime(ts_ms: int) -> datetime:
+    """Convert epoch milliseconds to a timezone-aware UTC datetime.
+
+    Example:
+        >>> ms_to_datetime(0).isoformat()
+        '1970-01-01T00:00:00+00:00'
+    """
+    return datetime.fromtimestamp(ts_ms / 1000.0, tz=UTC)
+
+
+def datetime_to_ms(ts: datetime) -> int:
+    """Convert a timezone-aware datetime to epoch milliseconds.
+
+    Raises:
+        ValueError: if ``ts`` is naive (event time must carry its zone).
+    """
+    if ts.tzinfo is None:
+        msg = f"expected a timezone-aware datetime, got naive {ts!r}"
+        raise ValueError(msg)
+    return round(ts.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One scalar reading of one series at one event time.
+
+    Attributes:
+        series: Key of the series (a sensor id).
+        ts: Event time, timezone-aware UTC.
+        value: The measured value.
+        label: Ground-truth anomaly kind when a generator knows it
+            (``None`` for a normal reading).
+    """
+
+    series: str
+    ts: datetime
+    value: float
+    label: str | None = None
+
+    @property
+    def ts_ms(self) -> int:
+        """Event time in epoch milliseconds."""
+        return datetime_to_ms(self.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class RawBatch:
+    """Undecoded messages as a source delivers them, in source order.
+
+    Attributes:
+        origin: Where the bytes came from (a Kafka topic, or ``"simulator"``).
+        partition: Source partition the messages came from.
+        keys: Message keys (``None`` when absent).
+        values: Message payloads (``None`` for a tombstone).
+        offsets: Position of each message within its partition.
+    """
+
+    origin: str
+    partition: int
+    keys: tuple[bytes | None, ...]
+    values: tuple[bytes | None, ...]
+    offsets: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be processed, kept with its cause.
+
+    Attributes:
+        origin: Source topic (or ``"simulator"``).
+        partition: Source partition.
+        offset: Offset of the message within its partition.
+        key: The original key bytes.
+        value: The original payload bytes, unchanged.
+        step: The step that rejected the message.
+        reason: What was expected and what arrived.
+    """
+
+    origin: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    step: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SeriesBatch:
+    """Consecutive decoded readings of one series, columnar.
+
+    Attributes:
+        series: Key of the series.
+        ts_ms: Event times, epoch milliseconds (int64).
+        values: Raw values (float64, all finite).
+        labels: Ground-truth anomaly kind per reading, ``None`` when normal
+            or unknown.
+        origin: Source the readings came from (topic or ``"simulator"``).
+        partition: Source partition.
+        offsets: Source offset of each reading.
+        raw: The original payload bytes of each reading, kept so that a
+            later step can still dead-letter a reading with its bytes.
+        normalized: Values after the normalize step (``None`` before it).
+    """
+
+    series: str
+    ts_ms: IntArray
+    values: FloatArray
+    labels: tuple[str | None, ...]
+    origin: str = ""
+    partition: int = 0
+    offsets: IntArray | None = None
+    raw: tuple[bytes | None, ...] = ()
+    normalized: FloatArray | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert raised by an alert policy.
+
+    Attributes:
+        alert_id: Stable id (``uuid5`` of series, event time and detector), so a
+            replay of the same input yields the same ids.
+        series: Key of the series.
+        ts: Event time of the reading that raised the alert.
+        value: The raw value of that reading.
+        score: Calibrated score in [0, 1].
+        severity: ``"warning"`` or ``"critical"``.
+        detector: Name of the detector that scored the reading.
+        reason: Why: the feature, the expected range and the value.
+        label: Ground truth of the reading when known (for evaluation).
+    """
+
+    alert_id: str
+    series: str
+    ts: datetime
+    value: float
+    score: float
+    severity: str
+    detector: str
+    reason: str
+    label: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DetectedBatch:
+    """A :class:`SeriesBatch` after the detect step, before the alert policy.
+
+    Attributes:
+        batch: The readings (with their normalized values).
+        raw_scores: The value detector's own scores (its documented range).
+        scores: Calibrated scores in [0, 1] of the most anomalous feature.
+        features: Index into ``feature_names`` of the feature behind each score.
+        feature_names: Names of the features the detect step scored.
+        detector: Name of the value detector.
+        details: Per-reading detail of the winning feature (for example the
+            length of a run of identical values, or a gap in seconds).
+    """
+
+    batch: SeriesBatch
+    raw_scores: FloatArray
+    scores: FloatArray
+    features: npt.NDArray[np.int8]
+    feature_names: tuple[str, ...]
+    detector: str
+    details: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ScoredBatch:
+    """A :class:`SeriesBatch` after detection and the alert policy.
+
+    Attributes:
+        series: Key of the series.
+        ts_ms: Event times, epoch milliseconds.
+        values: Raw values.
+        labels: Ground truth per reading.
+        raw_scores: The detector's own scores.
+        scores: Calibrated scores in [0, 1].
+        alerted: Whether each reading raised an alert.
+        threshold: The alert threshold the calibrated scores were held to.
+        detector: Name of the detector.
+        alerts: The alerts raised within this batch.
+    """
+
+    series: str
+    ts_ms: IntArray
+    values: FloatArray
+    labels: tuple[str | None, ...]
+    raw_scores: FloatArray
+    scores: FloatArray
+    alerted: BoolArray
+    threshold: float
+    detector: str
+    alerts: tuple[Alert, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.values)

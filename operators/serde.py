@@ -1,0 +1,158 @@
+"""Wire format of sensor readings: pure encoding and decoding, no I/O.
+
+A reading travels as a JSON object keyed by its sensor id, the format of the
+original warehouse pipeline plus an optional ground-truth label::
+
+    key:   b"3"
+    value: {"sensor_id": "3", "ts": "2024-01-01 00:00:07", "temp": 24.31, "label": null}
+
+``ts`` is event time in UTC, either ``YYYY-mm-dd HH:MM:SS`` (the original's
+format, read as UTC) or ISO 8601 with an explicit offset.
+
+Example:
+    >>> from datetime import datetime, timezone
+    >>> r = Reading("3", datetime(2024, 1, 1, 0, 0, 7, tzinfo=timezone.utc), 24.31)
+    >>> key, value = encode_reading(r)
+    >>> key, value
+    (b'3', b'{"sensor_id":"3","ts":"2024-01-01 00:00:07","temp":24.31,"label":null}')
+    >>> decode_reading(key, value) == r
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from operators.events import Reading, datetime_to_ms
+
+TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Event times outside this window are certainly corrupt (a clock at zero, a
+# value in the wrong unit); they would poison per-series ordering and gaps.
+MIN_TS_MS = datetime_to_ms(datetime(2000, 1, 1, tzinfo=UTC))
+MAX_TS_MS = datetime_to_ms(datetime(2100, 1, 1, tzinfo=UTC))
+MAX_SERIES_LEN = 256
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid reading; the text says why."""
+
+
+def format_ts(ts: datetime) -> str:
+    """Format an event time in the original's second-resolution UTC format.
+
+    Sub-second precision is kept as ISO 8601 fractional seconds when present.
+
+    Example:
+        >>> format_ts(datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC))
+        '2024-05-01 12:00:01'
+    """
+    ts = ts.astimezone(UTC)
+    if ts.microsecond:
+        return ts.strftime(TS_FORMAT) + f".{ts.microsecond:06d}"
+    return ts.strftime(TS_FORMAT)
+
+
+def encode_reading(reading: Reading) -> tuple[bytes, bytes]:
+    """Encode a reading as a Kafka ``(key, value)`` pair of bytes."""
+    payload = {
+        "sensor_id": reading.series,
+        "ts": format_ts(reading.ts),
+        "temp": reading.value,
+        "label": reading.label,
+    }
+    return reading.series.encode(), orjson.dumps(payload)
+
+
+def parse_ts_ms(raw: Any) -> int:
+    """Parse an event-time field into epoch milliseconds (UTC).
+
+    Accepts ``YYYY-mm-dd HH:MM:SS[.ffffff]`` (read as UTC) or ISO 8601 with an
+    explicit offset or ``Z``.
+
+    Raises:
+        DecodeError: for anything else, naming what arrived.
+
+    Example:
+        >>> parse_ts_ms("1970-01-01 00:00:01.5") - parse_ts_ms("1970-01-01T00:00:00Z")
+        1500
+    """
+    if not isinstance(raw, str):
+        msg = f"field 'ts': expected a timestamp string, got {type(raw).__name__} {raw!r:.40}"
+        raise DecodeError(msg)
+    try:
+        ts = datetime.fromisoformat(raw)
+    except ValueError:
+        msg = f"field 'ts': expected 'YYYY-mm-dd HH:MM:SS' or ISO 8601, got {raw!r:.40}"
+        raise DecodeError(msg) from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return datetime_to_ms(ts)
+
+
+def decode_fields(key: bytes | None, value: bytes | None) -> tuple[str, int, float, str | None]:
+    """Decode one message into ``(series, ts_ms, value, label)``.
+
+    This is the hot-path form of :func:`decode_reading`: it builds no objects
+    beyond the tuple.
+
+    Raises:
+        DecodeError: when the message is not a valid reading; the message
+            names the field, what was expected and what arrived.
+    """
+    if value is None:
+        raise DecodeError("payload: expected a JSON object, got an empty message (tombstone)")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        msg = f"payload: expected JSON, got invalid JSON ({exc})"
+        raise DecodeError(msg) from None
+    if not isinstance(obj, dict):
+        msg = f"payload: expected a JSON object, got {type(obj).__name__}"
+        raise DecodeError(msg)
+    series = obj.get("sensor_id")
+    if series is None and key:
+        try:
+            series = key.decode()
+        except UnicodeDecodeError:
+            raise DecodeError("key: expected UTF-8 sensor id, got undecodable bytes") from None
+    if isinstance(series, int) and not isinstance(series, bool):
+        series = str(series)
+    if not isinstance(series, str) or not series or len(series) > MAX_SERIES_LEN:
+        msg = (
+            f"field 'sensor_id': expected a non-empty string of at most {MAX_SERIES_LEN} "
+            f"characters, got {type(series).__name__} {series!r:.40}"
+        )
+        raise DecodeError(msg)
+    if "ts" not in obj:
+        raise DecodeError("field 'ts': missing")
+    ts_ms = parse_ts_ms(obj["ts"])
+    if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
+        msg = f"field 'ts': expected a time between 2000 and 2100, got {obj['ts']!r:.40}"
+        raise DecodeError(msg)
+    temp = obj.get("temp")
+    if isinstance(temp, bool) or not isinstance(temp, int | float):
+        msg = f"field 'temp': expected a number, got {type(temp).__name__} {temp!r:.40}"
+        raise DecodeError(msg)
+    temp = float(temp)
+    if not math.isfinite(temp):
+        msg = f"field 'temp': expected a finite number, got {temp!r}"
+        raise DecodeError(msg)
+    label = obj.get("label")
+    if label is not None and not isinstance(label, str):
+        msg = f"field 'label': expected a string or null, got {type(label).__name__}"
+        raise DecodeError(msg)
+    return series, ts_ms, temp, label
+
+
+def decode_reading(key: bytes | None, value: bytes | None) -> Reading:
+    """Decode one message into a :class:`Reading`.
+
+    Raises:
+        DecodeError: see :func:`decode_fields`.
+    """
+    series, ts_ms, temp, label = decode_fields(key, value)
+    return Reading(series, datetime.fromtimestamp(ts_ms / 1000.0, tz=UTC), temp, label)
