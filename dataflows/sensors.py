@@ -21,9 +21,12 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
-
 from generators.sensors import SensorSimConfig
 from generators.source import SimulatorSource
+from operators.sinks.kafka import KafkaBytesSink
+from operators.sinks.rerun import RerunConfig, RerunSink
+from operators.sources.kafka import KafkaBatchSource
+
 from operators import steps
 from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env
@@ -32,9 +35,6 @@ from operators.events import RawBatch
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
 from operators.records import alert_message, dead_letter_message
 from operators.sinks.files import JsonlSink
-from operators.sinks.kafka import KafkaBytesSink
-from operators.sinks.rerun import RerunConfig, RerunSink
-from operators.sources.kafka import KafkaBatchSource
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class KafkaConfig:
         alerts_topic: Topic of alert records.
         dlq_topic: Topic of dead-letter records.
         extra: Extra librdkafka settings (SASL, TLS) for every client.
+
     """
 
     brokers: tuple[str, ...] = ()
@@ -82,6 +83,7 @@ class Config:
         policy: The alert policy.
         out_dir: Directory of the embedded mode's files.
         rerun: Where the Rerun view goes.
+
     """
 
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -92,9 +94,7 @@ class Config:
     normalizer: str = "fixed"
     fixed_lo: float = 21.0
     fixed_hi: float = 85.0
-    detect: steps.DetectConfig = field(
-        default_factory=lambda: steps.DetectConfig(DEFAULT_DETECTOR)
-    )
+    detect: steps.DetectConfig = field(default_factory=lambda: steps.DetectConfig(DEFAULT_DETECTOR))
     policy: AlertPolicy = field(default_factory=AlertPolicy)
     out_dir: Path = Path("vigil-out")
     rerun: RerunConfig = field(default_factory=lambda: RerunConfig(mode="rrd"))
@@ -120,22 +120,23 @@ class Config:
 
         Raises:
             ConfigError: naming the variable at fault.
+
         """
         env = env or Env()
         preset = env.choice("PRESET", "default", ["default", "original"])
         original = preset == "original"
-        brokers = tuple(env.list("KAFKA_BROKERS", []))
+        brokers = tuple(env.items("KAFKA_BROKERS", []))
         kafka = KafkaConfig(
             brokers=brokers,
-            topic=env.str("KAFKA_TOPIC", "sensors"),
+            topic=env.text("KAFKA_TOPIC", "sensors"),
             start=env.choice("KAFKA_START", "beginning", ["beginning", "end"]),
-            tail=env.bool("KAFKA_TAIL", True),
-            alerts_topic=env.str("KAFKA_ALERTS_TOPIC", "alerts"),
-            dlq_topic=env.str("KAFKA_DLQ_TOPIC", "sensors-dlq"),
+            tail=env.flag("KAFKA_TAIL", True),
+            alerts_topic=env.text("KAFKA_ALERTS_TOPIC", "alerts"),
+            dlq_topic=env.text("KAFKA_DLQ_TOPIC", "sensors-dlq"),
             extra=env.json_object("KAFKA_CONFIG"),
         )
         sim = SensorSimConfig.from_env(env)
-        features = env.list("FEATURES", ["value"] if original else ["value", "stuck", "gap"])
+        features = env.items("FEATURES", ["value"] if original else ["value", "stuck", "gap"])
         unknown = set(features) - {"value", "stuck", "gap"}
         if "value" not in features or unknown:
             msg = f"VIGIL_FEATURES: expected 'value' plus any of stuck, gap; got {features}"
@@ -144,10 +145,10 @@ class Config:
             "DETECTOR", "hst-original" if original else DEFAULT_DETECTOR, sorted(DETECTORS)
         )
         policy = AlertPolicy(
-            threshold=env.float("THRESHOLD", 0.7 if original else 0.999),
-            critical=env.float("CRITICAL", 0.9 if original else 0.999999),
-            persistence=env.int("PERSISTENCE", 1, min_value=1),
-            cooldown_s=env.float("COOLDOWN_S", 0.0 if original else 10.0),
+            threshold=env.number("THRESHOLD", 0.7 if original else 0.999),
+            critical=env.number("CRITICAL", 0.9 if original else 0.999999),
+            persistence=env.integer("PERSISTENCE", 1, min_value=1),
+            cooldown_s=env.number("COOLDOWN_S", 0.0 if original else 10.0),
         )
         try:
             policy.validate()
@@ -158,19 +159,19 @@ class Config:
         cfg = cls(
             kafka=kafka,
             sim=sim,
-            sim_partitions=env.int("SIM_PARTITIONS", 4, min_value=1),
-            sim_rate=env.float("SIM_RATE", 0.0),
-            batch_size=env.int("BATCH_SIZE", 1000, min_value=1),
+            sim_partitions=env.integer("SIM_PARTITIONS", 4, min_value=1),
+            sim_rate=env.number("SIM_RATE", 0.0),
+            batch_size=env.integer("BATCH_SIZE", 1000, min_value=1),
             normalizer=env.choice("NORMALIZER", "fixed", sorted(NORMALIZERS)),
-            fixed_lo=env.float("FIXED_LO", 21.0),
-            fixed_hi=env.float("FIXED_HI", 85.0),
+            fixed_lo=env.number("FIXED_LO", 21.0),
+            fixed_hi=env.number("FIXED_HI", 85.0),
             detect=steps.DetectConfig(detector, stuck="stuck" in features, gap="gap" in features),
             policy=policy,
             out_dir=out_dir,
             rerun=rerun,
         )
         if cfg.fixed_hi <= cfg.fixed_lo:
-            msg = f"VIGIL_FIXED_HI: expected more than VIGIL_FIXED_LO={cfg.fixed_lo}, got {cfg.fixed_hi}"
+            msg = f"VIGIL_FIXED_HI: expected > VIGIL_FIXED_LO={cfg.fixed_lo}, got {cfg.fixed_hi}"
             raise ConfigError(msg)
         if cfg.sim_rate < 0:
             raise ConfigError(f"VIGIL_SIM_RATE: expected >= 0 events/s, got {cfg.sim_rate}")
@@ -232,6 +233,7 @@ def build_flow(
         cfg: The settings.
         source: Raw message batches (default: Kafka or the simulator).
         sinks: Outputs (default: Kafka topics or files, and Rerun).
+
     """
     sinks = sinks or default_sinks(cfg)
     flow = Dataflow(FLOW_NAME)
@@ -245,7 +247,9 @@ def build_flow(
     op.output("alerts_out", op.map("alert_message", alerts, alert_message), sinks.alerts)
     dead: Stream[steps.DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
     op.output(
-        "dead_letters_out", op.map("dead_letter_message", dead, dead_letter_message), sinks.dead_letters
+        "dead_letters_out",
+        op.map("dead_letter_message", dead, dead_letter_message),
+        sinks.dead_letters,
     )
     if sinks.view is not None:
         op.output("view", scored, sinks.view)

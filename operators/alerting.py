@@ -12,6 +12,7 @@ Example:
     >>> policy.validate()
     >>> alert_id("3", 1704067200000, "robust-z")
     '84835393-a532-57fa-9ce3-7c2740ba6a38'
+
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class AlertPolicy:
         persistence: Consecutive anomalous readings needed to alert.
         cooldown_s: Event-time seconds after an alert during which the same
             series raises no new alert (0 disables the cool-down).
+
     """
 
     threshold: float = 0.999
@@ -54,6 +56,7 @@ class AlertPolicy:
 
         Raises:
             ValueError: naming the setting, what was expected and what arrived.
+
         """
         if not 0.0 < self.threshold < 1.0:
             msg = f"alert policy: expected 0 < threshold < 1, got {self.threshold}"
@@ -77,6 +80,7 @@ class AlertState:
         above: Consecutive readings at or above the threshold so far.
         last_alert_ms: Event time of the last alert, if any.
         recent: Recent ordinary raw values, for the expected range in reasons.
+
     """
 
     above: int = 0
@@ -116,6 +120,7 @@ def apply_policy(policy: AlertPolicy, state: AlertState, det: DetectedBatch) -> 
 
     Returns:
         The batch with its alert mask and the alerts raised.
+
     """
     batch = det.batch
     hot = det.scores >= policy.threshold

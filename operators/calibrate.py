@@ -15,6 +15,7 @@ Example:
     [0.0, 0.999]
     >>> round(float(calibrate("gaussian", np.array([1.959964]))[0]), 4)
     0.95
+
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def calibrate(name: str, raw: FloatArray) -> FloatArray:
 
     Raises:
         ValueError: for an unknown calibrator name.
+
     """
     try:
         fn = CALIBRATORS[name]

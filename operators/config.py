@@ -7,12 +7,13 @@ setting) is reported by :meth:`Env.unknown` so the flow can warn about it.
 
 Example:
     >>> env = Env({"VIGIL_COUNT": "12", "VIGIL_RATE": "x"})
-    >>> env.int("COUNT", 5)
+    >>> env.integer("COUNT", 5)
     12
-    >>> env.float("RATE", 0.0)
+    >>> env.number("RATE", 0.0)
     Traceback (most recent call last):
     ...
     operators.config.ConfigError: VIGIL_RATE: expected a number, got 'x'
+
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Env:
 
     Args:
         environ: The environment (``os.environ`` when omitted).
+
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -49,7 +51,7 @@ class Env:
         value = self._env.get(PREFIX + name)
         return value if value not in (None, "") else None
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         """A string setting."""
         value = self.raw(name)
         return default if value is None else value
@@ -66,7 +68,7 @@ class Env:
         msg = f"{PREFIX}{name}: expected one of {allowed}, got {value!r}"
         raise ConfigError(msg)
 
-    def int(self, name: str, default: int, *, min_value: int | None = None) -> int:
+    def integer(self, name: str, default: int, *, min_value: int | None = None) -> int:
         """An integer setting, optionally bounded below."""
         value = self.raw(name)
         if value is None:
@@ -81,7 +83,7 @@ class Env:
             raise ConfigError(msg)
         return out
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         """A finite number setting."""
         value = self.raw(name)
         if value is None:
@@ -96,7 +98,7 @@ class Env:
             raise ConfigError(msg)
         return out
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         """A boolean: true/false, 1/0, yes/no, on/off."""
         value = self.raw(name)
         if value is None:
@@ -109,7 +111,7 @@ class Env:
         msg = f"{PREFIX}{name}: expected true or false, got {value!r}"
         raise ConfigError(msg)
 
-    def list(self, name: str, default: Iterable[str]) -> list[str]:
+    def items(self, name: str, default: Iterable[str]) -> list[str]:
         """A comma-separated list (blank items dropped)."""
         value = self.raw(name)
         if value is None:
@@ -141,9 +143,10 @@ class Env:
 
         Example:
             >>> env = Env({"VIGIL_TRESHOLD": "0.9"})
-            >>> env.float("THRESHOLD", 0.999)
+            >>> env.number("THRESHOLD", 0.999)
             0.999
             >>> env.unknown()
             ['VIGIL_TRESHOLD']
+
         """
         return sorted(k for k in self._env if k.startswith(PREFIX) and k not in self._read)

@@ -13,6 +13,7 @@ Example:
     [('1', [22.5])]
     >>> out.errs[0].offset, out.errs[0].reason.split(" (")[0]
     (1, 'payload: expected JSON, got invalid JSON')
+
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def decode_batch(raw: RawBatch) -> Decoded:
     Returns:
         Readings grouped by series (order within a series kept, series in
         order of first appearance) and one dead letter per bad message.
+
     """
     columns: dict[str, _Columns] = {}
     errs: list[DeadLetter] = []

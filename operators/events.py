@@ -11,6 +11,7 @@ Example:
     >>> r = Reading("3", datetime(2024, 1, 1, tzinfo=timezone.utc), 24.5, None)
     >>> r.ts_ms
     1704067200000
+
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def ms_to_datetime(ts_ms: int) -> datetime:
     Example:
         >>> ms_to_datetime(0).isoformat()
         '1970-01-01T00:00:00+00:00'
+
     """
     return datetime.fromtimestamp(ts_ms / 1000.0, tz=UTC)
 
@@ -41,6 +43,7 @@ def datetime_to_ms(ts: datetime) -> int:
 
     Raises:
         ValueError: if ``ts`` is naive (event time must carry its zone).
+
     """
     if ts.tzinfo is None:
         msg = f"expected a timezone-aware datetime, got naive {ts!r}"
@@ -58,6 +61,7 @@ class Reading:
         value: The measured value.
         label: Ground-truth anomaly kind when a generator knows it
             (``None`` for a normal reading).
+
     """
 
     series: str
@@ -81,6 +85,7 @@ class RawBatch:
         keys: Message keys (``None`` when absent).
         values: Message payloads (``None`` for a tombstone).
         offsets: Position of each message within its partition.
+
     """
 
     origin: str
@@ -105,6 +110,7 @@ class DeadLetter:
         value: The original payload bytes, unchanged.
         step: The step that rejected the message.
         reason: What was expected and what arrived.
+
     """
 
     origin: str
@@ -132,6 +138,7 @@ class SeriesBatch:
         raw: The original payload bytes of each reading, kept so that a
             later step can still dead-letter a reading with its bytes.
         normalized: Values after the normalize step (``None`` before it).
+
     """
 
     series: str
@@ -163,6 +170,7 @@ class Alert:
         detector: Name of the detector that scored the reading.
         reason: Why: the feature, the expected range and the value.
         label: Ground truth of the reading when known (for evaluation).
+
     """
 
     alert_id: str
@@ -189,6 +197,7 @@ class DetectedBatch:
         detector: Name of the value detector.
         details: Per-reading detail of the winning feature (for example the
             length of a run of identical values, or a gap in seconds).
+
     """
 
     batch: SeriesBatch
@@ -218,6 +227,7 @@ class ScoredBatch:
         threshold: The alert threshold the calibrated scores were held to.
         detector: Name of the detector.
         alerts: The alerts raised within this batch.
+
     """
 
     series: str

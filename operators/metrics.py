@@ -8,6 +8,7 @@ Example:
     >>> count_dead_letter("doc", "decode", "field 'ts': missing")
     >>> DEAD_LETTERS.labels(flow="doc", step="decode", field="ts")._value.get() - before
     1.0
+
 """
 
 from __future__ import annotations
@@ -16,17 +17,13 @@ import re
 
 from prometheus_client import Counter
 
-EVENTS = Counter(
-    "vigil_events_total", "Events that went through a step.", ["flow", "step"]
-)
+EVENTS = Counter("vigil_events_total", "Events that went through a step.", ["flow", "step"])
 DEAD_LETTERS = Counter(
     "vigil_dead_letters_total",
     "Messages sent to the dead-letter output, by step and the field at fault.",
     ["flow", "step", "field"],
 )
-ALERTS = Counter(
-    "vigil_alerts_total", "Alerts raised, by severity.", ["flow", "severity"]
-)
+ALERTS = Counter("vigil_alerts_total", "Alerts raised, by severity.", ["flow", "severity"])
 
 _FIELD = re.compile(r"^(?:field '([^']+)'|(\w+))")
 
@@ -39,6 +36,7 @@ def reason_field(reason: str) -> str:
         'temp'
         >>> reason_field("payload: expected JSON, got invalid JSON")
         'payload'
+
     """
     m = _FIELD.match(reason)
     if m is None:

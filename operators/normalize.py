@@ -12,6 +12,7 @@ Example:
     >>> n = OnlineMinMax()
     >>> n.transform_many(np.array([10.0, 20.0, 15.0])).tolist()
     [0.5, 1.0, 0.5]
+
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def make_normalizer(name: str, **params: float) -> Normalizer:
     Example:
         >>> make_normalizer("fixed", lo=0.0, hi=10.0).transform_one(5.0)
         0.5
+
     """
     try:
         factory = NORMALIZERS[name]

@@ -20,6 +20,7 @@ Example:
     >>> from operators.events import DeadLetter
     >>> dead_letter_record(DeadLetter("t", 0, 7, b"k", b"{", "decode", "bad"))["value_b64"]
     'ew=='
+
 """
 
 from __future__ import annotations

@@ -17,11 +17,13 @@ Example:
     (b'3', b'{"sensor_id":"3","ts":"2024-01-01 00:00:07","temp":24.31,"label":null}')
     >>> decode_reading(key, value) == r
     True
+
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +51,7 @@ def format_ts(ts: datetime) -> str:
     Example:
         >>> format_ts(datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC))
         '2024-05-01 12:00:01'
+
     """
     ts = ts.astimezone(UTC)
     if ts.microsecond:
@@ -79,10 +82,17 @@ def parse_ts_ms(raw: Any) -> int:
     Example:
         >>> parse_ts_ms("1970-01-01 00:00:01.5") - parse_ts_ms("1970-01-01T00:00:00Z")
         1500
+
     """
     if not isinstance(raw, str):
         msg = f"field 'ts': expected a timestamp string, got {type(raw).__name__} {raw!r:.40}"
         raise DecodeError(msg)
+    return _parse_ts_str(raw)
+
+
+@lru_cache(maxsize=8192)
+def _parse_ts_str(raw: str) -> int:
+    # Cached: the readings of many sensors share each event time.
     try:
         ts = datetime.fromisoformat(raw)
     except ValueError:
@@ -102,6 +112,7 @@ def decode_fields(key: bytes | None, value: bytes | None) -> tuple[str, int, flo
     Raises:
         DecodeError: when the message is not a valid reading; the message
             names the field, what was expected and what arrived.
+
     """
     if value is None:
         raise DecodeError("payload: expected a JSON object, got an empty message (tombstone)")
@@ -153,6 +164,7 @@ def decode_reading(key: bytes | None, value: bytes | None) -> Reading:
 
     Raises:
         DecodeError: see :func:`decode_fields`.
+
     """
     series, ts_ms, temp, label = decode_fields(key, value)
     return Reading(series, datetime.fromtimestamp(ts_ms / 1000.0, tz=UTC), temp, label)

@@ -53,6 +53,7 @@ def decode(step_id: str, up: Stream[RawBatch], flow_name: str) -> DecodeOut:
         step_id: Unique id.
         up: Raw micro-batches from a source.
         flow_name: Name of the flow, for metrics.
+
     """
 
     def _decode(raw: RawBatch) -> list[SeriesBatch | DeadLetter]:
@@ -82,7 +83,9 @@ class _NormalizeLogic(StatefulBatchLogic[SeriesBatch, SeriesBatch | DeadLetter, 
         self.state = state
         self.flow_name = flow_name
 
-    def on_batch(self, values: list[SeriesBatch]) -> tuple[Iterable[SeriesBatch | DeadLetter], bool]:
+    def on_batch(
+        self, values: list[SeriesBatch]
+    ) -> tuple[Iterable[SeriesBatch | DeadLetter], bool]:
         out: list[SeriesBatch | DeadLetter] = []
         for batch in values:
             out.extend(self._one(batch))
@@ -160,7 +163,9 @@ def normalize(
         up: Per-series batches.
         make: A zero-argument callable building a fresh normalizer.
         flow_name: Name of the flow, for metrics.
+
     """
+
     def builder(resume: NormalizeState | None) -> _NormalizeLogic:
         return _NormalizeLogic(resume or NormalizeState(make()), flow_name)
 
@@ -179,6 +184,7 @@ class DetectConfig:
         detector: Registered name of the value detector.
         stuck: Also score runs of identical raw values (a stuck sensor).
         gap: Also score gaps in event time (missing readings).
+
     """
 
     detector: str
@@ -275,6 +281,7 @@ def detect(
         step_id: Unique id.
         up: Normalized per-series batches.
         cfg: Detector name and extra features.
+
     """
     make_detector(cfg.detector)  # fail at build time on an unknown name
 
@@ -315,6 +322,7 @@ def alert(
 
     Returns:
         Scored batches with their alerts (unkeyed).
+
     """
     policy.validate()
 

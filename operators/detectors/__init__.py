@@ -5,6 +5,7 @@ Example:
     ['flatline', 'gap', 'hst', 'hst-original', 'robust-z']
     >>> make_detector("robust-z").calibrator
     'gaussian'
+
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def make_detector(name: str) -> Detector:
 
     Raises:
         ValueError: for an unknown name, listing the registered ones.
+
     """
     try:
         factory = DETECTORS[name]

@@ -16,6 +16,7 @@ Example:
     >>> scores = d.score_learn_many(np.array([1.0, 1.1, 0.9, 1.0] * 3 + [9.0]))
     >>> bool(scores[-1] > 10)
     True
+
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Example:
     >>> d = make_hst_original()
     >>> d.score_one(0.5)
     0.0
+
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class HalfSpaceTrees(Detector):
         height: Height of each tree.
         window_size: Number of values per reference window.
         seed: Random seed of the tree structure.
+
     """
 
     name = "hst"
@@ -37,7 +39,7 @@ class HalfSpaceTrees(Detector):
     def __init__(
         self, n_trees: int = 10, height: int = 8, window_size: int = 250, seed: int = 42
     ) -> None:
-        self.params = {
+        self.params: dict[str, Any] = {
             "n_trees": n_trees,
             "height": height,
             "window_size": window_size,

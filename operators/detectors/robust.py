@@ -8,6 +8,7 @@ Example:
     >>> d = Flatline()
     >>> d.score_learn_many(np.array([1.0, 2.0, 3.0, 3.0, 3.0])).round(2).tolist()
     [0.0, 0.0, 0.0, 0.6, 0.8]
+
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def repeat_runs(same: BoolArray, carried: int) -> IntArray:
     Example:
         >>> repeat_runs(np.array([True, False, True, True]), 2).tolist()
         [3, 0, 1, 2]
+
     """
     idx = np.arange(len(same))
     last_break = np.maximum.accumulate(np.where(same, -1, idx))

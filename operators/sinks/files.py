@@ -23,6 +23,7 @@ def worker_path(path: Path, worker_index: int, worker_count: int) -> Path:
     Example:
         >>> worker_path(Path("out/alerts.jsonl"), 1, 2).as_posix()
         'out/alerts-w1.jsonl'
+
     """
     if worker_count == 1:
         return path
@@ -51,13 +52,12 @@ class JsonlSink(DynamicSink[tuple[bytes | None, bytes]]):
 
     Args:
         path: The file (with several workers, one file per worker beside it).
+
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _JsonlPartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
         """Open this worker's file for appending."""
         return _JsonlPartition(worker_path(self.path, worker_index, worker_count))

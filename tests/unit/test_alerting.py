@@ -12,14 +12,26 @@ pytestmark = pytest.mark.timeout(30)
 T0 = 1_704_067_200_000
 
 
-def detected(scores: list[float], features: list[int] | None = None, start_s: int = 0) -> DetectedBatch:
+def detected(
+    scores: list[float], features: list[int] | None = None, start_s: int = 0
+) -> DetectedBatch:
     n = len(scores)
     values = np.array([24.0 + (30.0 if s >= 0.999 else 0.0) for s in scores])
-    batch = SeriesBatch("s1", T0 + 1000 * np.arange(start_s, start_s + n, dtype=np.int64), values,
-                        tuple("spike" if s >= 0.999 else None for s in scores))
-    return DetectedBatch(batch, np.array(scores) * 10, np.array(scores, dtype=float),
-                         np.array(features or [0] * n, dtype=np.int8), ("value", "stuck", "gap"),
-                         "robust-z", np.full(n, 5.0))
+    batch = SeriesBatch(
+        "s1",
+        T0 + 1000 * np.arange(start_s, start_s + n, dtype=np.int64),
+        values,
+        tuple("spike" if s >= 0.999 else None for s in scores),
+    )
+    return DetectedBatch(
+        batch,
+        np.array(scores) * 10,
+        np.array(scores, dtype=float),
+        np.array(features or [0] * n, dtype=np.int8),
+        ("value", "stuck", "gap"),
+        "robust-z",
+        np.full(n, 5.0),
+    )
 
 
 def test_threshold_and_severity() -> None:
@@ -63,7 +75,11 @@ def test_state_pickles_and_policy_validates() -> None:
     state = AlertState()
     apply_policy(AlertPolicy(), state, detected([0.1, 1.0]))
     assert pickle.loads(pickle.dumps(state)).last_alert_ms == T0 + 1000
-    for bad in (AlertPolicy(threshold=1.5), AlertPolicy(critical=0.5), AlertPolicy(persistence=0),
-                AlertPolicy(cooldown_s=-1)):
+    for bad in (
+        AlertPolicy(threshold=1.5),
+        AlertPolicy(critical=0.5),
+        AlertPolicy(persistence=0),
+        AlertPolicy(cooldown_s=-1),
+    ):
         with pytest.raises(ValueError, match="alert policy: expected"):
             bad.validate()

@@ -5,7 +5,13 @@ import pickle
 import numpy as np
 import pytest
 
-from operators.normalize import NORMALIZERS, FixedMinMax, OnlineMinMax, RobustScaler, make_normalizer
+from operators.normalize import (
+    NORMALIZERS,
+    FixedMinMax,
+    OnlineMinMax,
+    RobustScaler,
+    make_normalizer,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -39,7 +39,10 @@ def test_accepts_iso_with_offset_and_integer_sensor_id() -> None:
         (b"\xff\xfe\x00", "payload: expected JSON"),
         (b"[1, 2]", "payload: expected a JSON object, got list"),
         (b'{"sensor_id": "1", "ts": "2024-01-01 00:00:00", "temp": NaN}', "payload: expected JSON"),
-        (b'{"sensor_id": "1", "ts": "2024-01-01 00:00:00", "temp": 1e999}', "payload: expected JSON"),
+        (
+            b'{"sensor_id": "1", "ts": "2024-01-01 00:00:00", "temp": 1e999}',
+            "payload: expected JSON",
+        ),
         (msg(temp="hot"), "field 'temp': expected a number, got str"),
         (msg(temp=True), "field 'temp': expected a number, got bool"),
         (msg(temp=...), "field 'temp': expected a number, got NoneType"),
@@ -66,8 +69,12 @@ def test_tombstone_is_rejected() -> None:
 
 
 def test_decode_batch_groups_by_series_and_keeps_bad_bytes() -> None:
-    values = [msg(sensor_id="a", temp=1.0), b"oops", msg(sensor_id="b", temp=2.0),
-              msg(sensor_id="a", temp=3.0, ts="2024-01-01 00:00:06")]
+    values = [
+        msg(sensor_id="a", temp=1.0),
+        b"oops",
+        msg(sensor_id="b", temp=2.0),
+        msg(sensor_id="a", temp=3.0, ts="2024-01-01 00:00:06"),
+    ]
     raw = RawBatch("sensors", 3, (b"a", b"x", b"b", b"a"), tuple(values), (10, 11, 12, 13))
     out = decode_batch(raw)
     assert [(b.series, b.values.tolist(), b.offsets.tolist()) for b in out.oks] == [
@@ -77,6 +84,11 @@ def test_decode_batch_groups_by_series_and_keeps_bad_bytes() -> None:
     assert out.oks[0].raw == (values[0], values[3])
     [err] = out.errs
     assert (err.origin, err.partition, err.offset, err.key, err.value) == (
-        "sensors", 3, 11, b"x", b"oops")
+        "sensors",
+        3,
+        11,
+        b"x",
+        b"oops",
+    )
     assert err.step == "decode"
     assert math.isfinite(out.oks[1].values[0])
