@@ -21,20 +21,20 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
+
 from generators.sensors import SensorSimConfig
 from generators.source import SimulatorSource
-from operators.sinks.kafka import KafkaBytesSink
-from operators.sinks.rerun import RerunConfig, RerunSink
-from operators.sources.kafka import KafkaBatchSource
-
 from operators import steps
 from operators.alerting import AlertPolicy
-from operators.config import ConfigError, Env
+from operators.config import ConfigError, Env, configure_logging
 from operators.detectors import DEFAULT_DETECTOR, DETECTORS
-from operators.events import RawBatch
+from operators.events import DeadLetter, RawBatch, ScoredBatch
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
 from operators.records import alert_message, dead_letter_message
 from operators.sinks.files import JsonlSink
+from operators.sinks.kafka import KafkaBytesSink
+from operators.sinks.rerun import RerunConfig, RerunSink
+from operators.sources.kafka import KafkaBatchSource
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Config:
         policy: The alert policy.
         out_dir: Directory of the embedded mode's files.
         rerun: Where the Rerun view goes.
+        log_level: Level of the flow's log lines (progress, summaries).
 
     """
 
@@ -98,6 +99,7 @@ class Config:
     policy: AlertPolicy = field(default_factory=AlertPolicy)
     out_dir: Path = Path("vigil-out")
     rerun: RerunConfig = field(default_factory=lambda: RerunConfig(mode="rrd"))
+    log_level: str = "INFO"
 
     @property
     def embedded(self) -> bool:
@@ -116,7 +118,8 @@ class Config:
 
         ``VIGIL_PRESET=original`` selects the original pipeline's choices
         (HalfSpaceTrees 5/3/30 on values scaled with 21/85, anomaly when the
-        score exceeds 0.7, no extra features); other settings still override it.
+        score exceeds 0.7, no extra features) and the original simulator
+        (uniform 21-28 °C, spikes only); other settings still override it.
 
         Raises:
             ConfigError: naming the variable at fault.
@@ -135,7 +138,7 @@ class Config:
             dlq_topic=env.text("KAFKA_DLQ_TOPIC", "sensors-dlq"),
             extra=env.json_object("KAFKA_CONFIG"),
         )
-        sim = SensorSimConfig.from_env(env)
+        sim = SensorSimConfig.from_env(env, preset)
         features = env.items("FEATURES", ["value"] if original else ["value", "stuck", "gap"])
         unknown = set(features) - {"value", "stuck", "gap"}
         if "value" not in features or unknown:
@@ -169,6 +172,7 @@ class Config:
             policy=policy,
             out_dir=out_dir,
             rerun=rerun,
+            log_level=env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"]),
         )
         if cfg.fixed_hi <= cfg.fixed_lo:
             msg = f"VIGIL_FIXED_HI: expected > VIGIL_FIXED_LO={cfg.fixed_lo}, got {cfg.fixed_hi}"
@@ -186,7 +190,7 @@ class Sinks:
 
     alerts: Sink[Message]
     dead_letters: Sink[Message]
-    view: Sink[steps.ScoredBatch] | None
+    view: Sink[ScoredBatch] | None
 
 
 def default_source(cfg: Config) -> Source[RawBatch]:
@@ -245,7 +249,7 @@ def build_flow(
 
     alerts = steps.alerts_of("alerts", scored)
     op.output("alerts_out", op.map("alert_message", alerts, alert_message), sinks.alerts)
-    dead: Stream[steps.DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
+    dead: Stream[DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
     op.output(
         "dead_letters_out",
         op.map("dead_letter_message", dead, dead_letter_message),
@@ -256,4 +260,6 @@ def build_flow(
     return flow
 
 
-flow = build_flow(Config.from_env())
+_config = Config.from_env()
+configure_logging(_config.log_level)
+flow = build_flow(_config)

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -150,3 +151,16 @@ class Env:
 
         """
         return sorted(k for k in self._env if k.startswith(PREFIX) and k not in self._read)
+
+
+def configure_logging(level: str) -> None:
+    """Send log lines to stderr at ``level``, unless the application already set up logging.
+
+    Called by the flow modules that ``python -m bytewax.run`` loads, the edge
+    where no one else configures logging.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("operators").setLevel(level)
+    logging.getLogger("dataflows").setLevel(level)

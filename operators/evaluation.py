@@ -12,6 +12,7 @@ Example:
     (1, 1, 1, 1)
     >>> r.recall, r.precision
     (1.0, 0.5)
+
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Evaluation:
         false_alerts: Alerts outside every episode window.
         delays_s: Per detected episode, seconds from its start to its first alert.
         by_kind: Per label kind, ``(episodes, detected)``.
+
     """
 
     events: int
@@ -131,6 +133,7 @@ def evaluate(
             ordered within each series.
         alerts: ``(series, ts_ms)`` of every alert (duplicates by id removed).
         grace_s: Seconds after an episode's last reading that still count.
+
     """
     readings = list(readings)
     episodes = episodes_of(readings)

@@ -13,9 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 
 from prometheus_client import Counter
+
+logger = logging.getLogger(__name__)
 
 EVENTS = Counter("vigil_events_total", "Events that went through a step.", ["flow", "step"])
 DEAD_LETTERS = Counter(
@@ -47,3 +51,46 @@ def reason_field(reason: str) -> str:
 def count_dead_letter(flow: str, step: str, reason: str) -> None:
     """Count one dead letter."""
     DEAD_LETTERS.labels(flow=flow, step=step, field=reason_field(reason)).inc()
+
+
+class Progress:
+    """Logs a flow's progress (events in, rate, dead letters) every few seconds of wall clock.
+
+    One instance per worker's decode step; the wall clock only paces the log lines.
+
+    Args:
+        flow: Name of the flow.
+        interval_s: Seconds between two progress lines.
+
+    Example:
+        >>> p = Progress("doc", interval_s=3600.0)
+        >>> p.add(1000, 2)
+        >>> p.events, p.dead_letters
+        (1000, 2)
+
+    """
+
+    def __init__(self, flow: str, interval_s: float = 5.0) -> None:
+        self.flow = flow
+        self.interval_s = interval_s
+        self.events = 0
+        self.dead_letters = 0
+        self._start = time.monotonic()
+        self._next = self._start + interval_s
+
+    def add(self, events: int, dead_letters: int) -> None:
+        """Count a decoded batch; log a line when the interval has passed."""
+        self.events += events
+        self.dead_letters += dead_letters
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval_s
+            elapsed = now - self._start
+            logger.info(
+                "%s: %d events in %.1f s (%.0f/s), %d dead letters",
+                self.flow,
+                self.events,
+                elapsed,
+                self.events / elapsed if elapsed > 0 else 0.0,
+                self.dead_letters,
+            )

@@ -23,8 +23,8 @@ Example:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson

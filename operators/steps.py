@@ -31,7 +31,7 @@ from operators.events import (
     ScoredBatch,
     SeriesBatch,
 )
-from operators.metrics import ALERTS, EVENTS, count_dead_letter
+from operators.metrics import ALERTS, EVENTS, Progress, count_dead_letter
 from operators.normalize import Normalizer
 
 logger = logging.getLogger(__name__)
@@ -55,10 +55,13 @@ def decode(step_id: str, up: Stream[RawBatch], flow_name: str) -> DecodeOut:
         flow_name: Name of the flow, for metrics.
 
     """
+    progress = Progress(flow_name)
+    events = EVENTS.labels(flow=flow_name, step=step_id)
 
     def _decode(raw: RawBatch) -> list[SeriesBatch | DeadLetter]:
         out = decode_batch(raw)
-        EVENTS.labels(flow=flow_name, step=step_id).inc(len(raw))
+        events.inc(len(raw))
+        progress.add(len(raw), len(out.errs))
         for err in out.errs:
             count_dead_letter(flow_name, err.step, err.reason)
         return [*out.oks, *out.errs]

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
-from generators.sensors import SensorSimConfig, iter_readings
-from generators.source import SimulatorSource
 
 from dataflows.sensors import Config, Sinks, build_flow
+from generators.sensors import SensorSimConfig, iter_readings
+from generators.source import SimulatorSource
 from operators.config import Env
 from operators.events import RawBatch
 from operators.serde import encode_reading

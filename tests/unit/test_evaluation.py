@@ -8,11 +8,21 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def test_episodes_split_on_label_change_and_series() -> None:
-    readings = [("a", 0, None), ("a", 1, "drift"), ("b", 1, "spike"), ("a", 2, "drift"),
-                ("a", 3, "stuck"), ("a", 4, None), ("b", 2, None), ("b", 3, "spike")]
+    readings = [
+        ("a", 0, None),
+        ("a", 1, "drift"),
+        ("b", 1, "spike"),
+        ("a", 2, "drift"),
+        ("a", 3, "stuck"),
+        ("a", 4, None),
+        ("b", 2, None),
+        ("b", 3, "spike"),
+    ]
     assert episodes_of(readings) == [
-        Episode("a", "drift", 1, 2), Episode("a", "stuck", 3, 3),
-        Episode("b", "spike", 1, 1), Episode("b", "spike", 3, 3),
+        Episode("a", "drift", 1, 2),
+        Episode("a", "stuck", 3, 3),
+        Episode("b", "spike", 1, 1),
+        Episode("b", "spike", 3, 3),
     ]
 
 
