@@ -1,8 +1,9 @@
 """Registered detectors: every one is built by name and passes the same contract.
 
 Example:
-    >>> sorted(DETECTORS)
-    ['flatline', 'gap', 'hst', 'hst-original', 'robust-z']
+    >>> sorted(DETECTORS)  # doctest: +NORMALIZE_WHITESPACE
+    ['flatline', 'gap', 'gaussian-window', 'hst', 'hst-original', 'iforest', 'robust-z',
+     'seasonal', 'tail']
     >>> make_detector("robust-z").calibrator
     'gaussian'
 
@@ -13,12 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from operators.detectors.base import Detector
+from operators.detectors.gaussian import WindowedGaussian
 from operators.detectors.hst import HalfSpaceTrees, HalfSpaceTreesOriginal
+from operators.detectors.iforest import IsolationForest
 from operators.detectors.robust import Flatline, Gap, RobustZ
+from operators.detectors.seasonal import Seasonal
+from operators.detectors.tail import TailSurprise
 
 DETECTORS: dict[str, Callable[[], Detector]] = {
     cls.name: cls for cls in (RobustZ, Flatline, Gap, HalfSpaceTrees, HalfSpaceTreesOriginal)
 }
+DETECTORS[TailSurprise.name] = TailSurprise
+DETECTORS[WindowedGaussian.name] = WindowedGaussian
+DETECTORS[IsolationForest.name] = IsolationForest
+DETECTORS[Seasonal.name] = Seasonal
 DEFAULT_DETECTOR = "robust-z"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from operators.detectors.base import Detector
+from operators.detectors.scale import LongRunScale, finite_z, scale_floor
 from operators.events import BoolArray, FloatArray, IntArray
 
 MAD_TO_SIGMA = 1.4826
@@ -45,30 +46,66 @@ class RobustZ(Detector):
     """``|x - median| / (1.4826 MAD)`` over the last ``window`` learned values.
 
     Score range: [0, inf); about N(0, 1) in absolute value for Gaussian noise.
-    The scale has a floor of ``min_scale`` (in input units) so that a series
-    that has been constant does not turn its first wiggle into an infinite
-    score. Scores 0 until ``min_history`` values are learned.
+    The scale has a floor of ``floor_ratio`` times the series' long-run noise
+    level (:mod:`operators.detectors.scale`), refreshed from the window every
+    ``refresh_every`` values: after a run of identical values the MAD is 0,
+    and a floor in the series' own units keeps the next ordinary readings
+    ordinary, whatever the units. Scores 0 until ``min_history`` values are
+    learned.
+
+    Args:
+        window: Number of recent values in the median and MAD.
+        min_history: Values to learn before scoring.
+        floor_ratio: Floor of the scale as a fraction of the long-run noise level.
+        floor_halflife: Values after which the long-run noise level has
+            forgotten half of what it knew.
+        refresh_every: Values between updates of the long-run noise level.
+
     """
 
     name = "robust-z"
     score_range = "[0, inf): robust z-score"
     calibrator = "gaussian"
 
-    def __init__(self, window: int = 120, min_history: int = 8, min_scale: float = 1e-3) -> None:
-        if window < min_history or min_history < 2:
-            msg = f"robust-z: expected 2 <= min_history <= window, got {min_history}, {window}"
+    def __init__(
+        self,
+        window: int = 120,
+        min_history: int = 8,
+        floor_ratio: float = 1.0,
+        floor_halflife: float = 5000.0,
+        refresh_every: int = 30,
+    ) -> None:
+        if window < min_history or min_history < 2 or not 1 <= refresh_every <= window:
+            msg = (
+                "robust-z: expected 2 <= min_history <= window and 1 <= refresh_every <= window,"
+                f" got min_history={min_history}, window={window}, refresh_every={refresh_every}"
+            )
             raise ValueError(msg)
         self.window = window
         self.min_history = min_history
-        self.min_scale = min_scale
+        self.floor_ratio = floor_ratio
+        self.refresh_every = refresh_every
+        self.long_run = LongRunScale.with_halflife(floor_halflife, refresh_every)
+        self.count = 0
         self.history = np.empty(0, dtype=np.float64)
+
+    def _z(
+        self, xs: FloatArray, med: FloatArray, mad: FloatArray, long_run: float | FloatArray
+    ) -> FloatArray:
+        floor = scale_floor(self.floor_ratio, long_run, med)
+        return finite_z(xs - med, np.maximum(MAD_TO_SIGMA * mad, floor))
 
     def _score_against(self, x: float, hist: FloatArray) -> float:
         if len(hist) < self.min_history:
             return 0.0
-        med = np.median(hist)
-        mad = np.median(np.abs(hist - med))
-        return float(abs(x - med) / max(MAD_TO_SIGMA * mad, self.min_scale))
+        med = np.median(hist, keepdims=True)
+        mad = np.median(np.abs(hist - med), keepdims=True)
+        return float(self._z(np.array([x]), med, mad, self.long_run.value)[0])
+
+    def _next_refresh(self) -> int:
+        if self.count < self.min_history:
+            return self.min_history
+        return (self.count // self.refresh_every + 1) * self.refresh_every
 
     def score_one(self, x: float) -> float:
         """Robust z-score of ``x`` against the window."""
@@ -76,7 +113,11 @@ class RobustZ(Detector):
 
     def learn_one(self, x: float) -> None:
         """Append ``x`` to the window, dropping the oldest value when full."""
+        due = self._next_refresh()
         self.history = np.append(self.history, x)[-self.window :]
+        self.count += 1
+        if self.count == due:
+            self.long_run.update(self.history)
 
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
         """Vectorised score-then-learn over full windows."""
@@ -87,11 +128,24 @@ class RobustZ(Detector):
             self.learn_one(float(xs[i]))
             i += 1
         if i < len(xs):
+            n = len(xs) - i
             joined = np.concatenate((self.history, xs[i:]))
-            windows = sliding_window_view(joined, self.window)[: len(xs) - i]
+            windows = sliding_window_view(joined, self.window)[:n]
             med = np.median(windows, axis=1)
             mad = np.median(np.abs(windows - med[:, None]), axis=1)
-            out[i:] = np.abs(xs[i:] - med) / np.maximum(MAD_TO_SIGMA * mad, self.min_scale)
+            # The long-run noise level in force for each value: it changes at
+            # refreshes, from the window as it stands after the refreshing value.
+            long_run = np.empty(n, dtype=np.float64)
+            j = 0
+            while j < n:
+                due = self._next_refresh()
+                end = min(j + due - self.count, n)
+                long_run[j:end] = self.long_run.value
+                self.count += end - j
+                if self.count == due:
+                    self.long_run.update(joined[end : end + self.window])
+                j = end
+            out[i:] = self._z(xs[i:], med, mad, long_run)
             self.history = joined[-self.window :].copy()
         return out
 
