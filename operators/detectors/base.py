@@ -61,3 +61,46 @@ class Detector(ABC):
             out[i] = self.score_one(x)
             self.learn_one(x)
         return out
+
+
+class RefreshingDetector(Detector):
+    """A detector whose model changes only at known positions of the stream.
+
+    Between two refreshes the model is fixed, so a whole stretch can be scored
+    and learned at once; :meth:`score_learn_many` cuts a batch at each refresh
+    point, which keeps it equal to the per-event form. Subclasses keep
+    ``count`` (values learned so far) and implement :meth:`_next_refresh`,
+    :meth:`_refresh` and :meth:`_score_learn`.
+    """
+
+    count: int
+
+    @abstractmethod
+    def _next_refresh(self) -> int:
+        """The ``count`` at which the model is refreshed next."""
+
+    @abstractmethod
+    def _refresh(self) -> None:
+        """Refresh the model (called when ``count`` reaches the refresh point)."""
+
+    @abstractmethod
+    def _score_learn(self, xs: FloatArray) -> FloatArray:
+        """Score then learn a stretch with no refresh point inside; advances ``count``."""
+
+    def learn_one(self, x: float) -> None:
+        """Fold ``x`` into the model, refreshing it when due."""
+        self.score_learn_many(np.array([x], dtype=np.float64))
+
+    def score_learn_many(self, xs: FloatArray) -> FloatArray:
+        """Score then learn each value; vectorised between refresh points."""
+        xs = np.asarray(xs, dtype=np.float64)
+        out = np.empty(len(xs), dtype=np.float64)
+        i = 0
+        while i < len(xs):
+            due = self._next_refresh()
+            end = min(i + due - self.count, len(xs))
+            out[i:end] = self._score_learn(xs[i:end])
+            if self.count == due:
+                self._refresh()
+            i = end
+        return out

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.detectors.base import Detector
+from operators.detectors.base import RefreshingDetector
 from operators.detectors.scale import LongRunScale, finite_z, scale_floor
 from operators.events import FloatArray
 
 
-class WindowedGaussian(Detector):
+class WindowedGaussian(RefreshingDetector):
     """``|x - mean| / std`` over the last ``window`` learned values.
 
     Running sums are kept relative to a pivot near the window's mean, so the
@@ -138,23 +138,5 @@ class WindowedGaussian(Detector):
         """Z-score of ``x`` against the window."""
         return float(self._segment(np.array([x], dtype=np.float64), learn=False)[0])
 
-    def learn_one(self, x: float) -> None:
-        """Slide ``x`` into the window."""
-        due = self._next_refresh()
-        self._segment(np.array([x], dtype=np.float64), learn=True)
-        if self.count == due:
-            self._refresh()
-
-    def score_learn_many(self, xs: FloatArray) -> FloatArray:
-        """Score then learn each value; vectorised between refreshes."""
-        xs = np.asarray(xs, dtype=np.float64)
-        out = np.empty(len(xs), dtype=np.float64)
-        i = 0
-        while i < len(xs):
-            due = self._next_refresh()
-            end = min(i + due - self.count, len(xs))
-            out[i:end] = self._segment(xs[i:end], learn=True)
-            if self.count == due:
-                self._refresh()
-            i = end
-        return out
+    def _score_learn(self, xs: FloatArray) -> FloatArray:
+        return self._segment(xs, learn=True)

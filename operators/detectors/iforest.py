@@ -59,14 +59,14 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from operators.detectors.base import Detector
+from operators.detectors.base import RefreshingDetector
 from operators.detectors.isolation import Trees, build_trees, isolation_scores
 from operators.events import FloatArray
 
 LN10 = math.log(10.0)
 
 
-class IsolationForest(Detector):
+class IsolationForest(RefreshingDetector):
     """Isolation forest on a sliding window, scored as a calibrated surprise.
 
     Args:
@@ -243,26 +243,8 @@ class IsolationForest(Detector):
         xs = np.array([x], dtype=np.float64)
         return float(self._surprise(self._isolation(xs))[0])
 
-    def learn_one(self, x: float) -> None:
-        """Slide ``x`` into the window; rebuild trees when due."""
-        due = self._next_refresh()
-        xs = np.array([x], dtype=np.float64)
-        self._learn(xs, self._isolation(xs))
-        if self.count == due:
-            self._refresh()
-
-    def score_learn_many(self, xs: FloatArray) -> FloatArray:
-        """Score then learn each value; vectorised between rebuilds."""
-        xs = np.asarray(xs, dtype=np.float64)
-        out = np.empty(len(xs), dtype=np.float64)
-        i = 0
-        while i < len(xs):
-            due = self._next_refresh()
-            end = min(i + due - self.count, len(xs))
-            iso = self._isolation(xs[i:end])
-            out[i:end] = self._surprise(iso)
-            self._learn(xs[i:end], iso)
-            if self.count == due:
-                self._refresh()
-            i = end
+    def _score_learn(self, xs: FloatArray) -> FloatArray:
+        iso = self._isolation(xs)
+        out = self._surprise(iso)
+        self._learn(xs, iso)
         return out
