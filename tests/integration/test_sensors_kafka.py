@@ -12,6 +12,7 @@ import base64
 import os
 import subprocess
 import sys
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from generators.sensors import SensorSimConfig, iter_readings
 from operators.evaluation import evaluate
 from tests.integration.kafka_broker import MockKafkaBroker
+from tests.integration.test_rerun_recording import read_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -161,5 +163,14 @@ def test_kafka_run_gives_the_alerts_of_the_embedded_run(run: dict, tmp_path: Pat
     }
 
 
-def test_flow_writes_its_rerun_recording(run: dict) -> None:
-    assert run["rrd"].stat().st_size > 10_000
+def test_flow_recording_holds_every_reading_and_alert(run: dict) -> None:
+    rows, _static = read_rows(run["rrd"])
+    cfg = SensorSimConfig(count=COUNT, seed=SEED)
+    per_sensor = Counter(r.series for r in iter_readings(cfg))
+    alerts = Counter(a["series"] for a in run["alerts"])
+    for sensor, count in per_sensor.items():
+        assert len(rows[f"/temperature/{sensor}"]) == count
+        assert len(rows[f"/score/{sensor}"]) == count
+        assert len(rows[f"/cloud/data/{sensor}"]) == count
+        assert len(rows.get(f"/temperature/{sensor}/alert", [])) == alerts[sensor]
+    assert sum(alerts.values()) == len(run["alerts"]) > 0
