@@ -13,24 +13,12 @@ from operators.detectors.gaussian import WindowedGaussian
 from operators.detectors.iforest import IsolationForest
 from operators.detectors.robust import RobustZ
 from operators.detectors.seasonal import Seasonal
+from tests.contract.test_detectors import auc
+from tests.contract.test_detectors import run_one_by_one as one_by_one
 
 pytestmark = pytest.mark.timeout(120)
 
 DAY = 1440
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Probability that an anomaly outscores a normal point (ties count half)."""
-    pos, neg = scores[labels], scores[~labels]
-    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
-
-
-def one_by_one(d: Detector, xs: np.ndarray) -> np.ndarray:
-    out = []
-    for x in xs.tolist():
-        out.append(d.score_one(x))
-        d.learn_one(x)
-    return np.array(out)
 
 
 def in_random_batches(d: Detector, xs: np.ndarray, seed: int) -> np.ndarray:
