@@ -19,7 +19,6 @@ import json
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -30,6 +29,7 @@ from generators.sensors import iter_readings
 from generators.source import SimulatorSource
 from operators.config import Env
 from operators.evaluation import evaluate
+from operators.records import alert_series_ms
 from operators.sinks.rerun import RerunSink
 
 
@@ -56,7 +56,7 @@ def run(preset: str, sim: str, count: int, seed: int, out: Path) -> dict[str, ob
     readings = [(r.series, r.ts_ms, r.label) for r in iter_readings(cfg.sim)]
     result = evaluate(
         readings,
-        [(a["series"], round(datetime.fromisoformat(a["ts"]).timestamp() * 1000)) for a in records],
+        [alert_series_ms(a) for a in records],
     )
     return {
         "preset": preset,

@@ -125,7 +125,7 @@ def alerts_of_series(
             normalized=norm.transform_many(chunk),
         )
         scored = apply_policy(policy, alert_state, detect_batch(detect, state, batch))
-        out.extend(round(a.ts.timestamp() * 1000) for a in scored.alerts)
+        out.extend(scored.ts_ms[scored.alerted].tolist())
     return out
 
 

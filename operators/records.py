@@ -26,11 +26,12 @@ Example:
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from operators.events import Alert, DeadLetter
+from operators.events import Alert, DeadLetter, datetime_to_ms
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -55,6 +56,17 @@ def alert_record(alert: Alert) -> dict[str, Any]:
         "reason": alert.reason,
         "label": alert.label,
     }
+
+
+def alert_series_ms(record: dict[str, Any]) -> tuple[str, int]:
+    """``(series, event time in ms)`` of an alert record read back, for matching to labels.
+
+    Example:
+        >>> alert_series_ms({"series": "3", "ts": "1970-01-01T00:00:01.500000+00:00"})
+        ('3', 1500)
+
+    """
+    return str(record["series"]), datetime_to_ms(datetime.fromisoformat(str(record["ts"])))
 
 
 def dead_letter_record(dl: DeadLetter) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -21,6 +20,7 @@ import pytest
 
 from generators.sensors import SensorSimConfig, iter_readings
 from operators.evaluation import evaluate
+from operators.records import alert_series_ms
 from tests.integration.kafka_broker import MockKafkaBroker
 from tests.integration.test_rerun_recording import read_rows
 
@@ -40,10 +40,6 @@ MALFORMED: list[tuple[bytes | None, bytes]] = [
     # A replay of a reading already consumed: out of event-time order for its sensor.
     (b"0", orjson.dumps({"sensor_id": "0", "ts": "2024-01-01 00:00:05", "temp": 24.0})),
 ]
-
-
-def alert_ms(alert: dict[str, object]) -> int:
-    return round(datetime.fromisoformat(str(alert["ts"])).timestamp() * 1000)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +127,7 @@ def test_alerts_match_the_labels(run: dict) -> None:
     assert len(ids) == len(set(ids))
     cfg = SensorSimConfig(count=COUNT, seed=SEED)
     readings = [(r.series, r.ts_ms, r.label) for r in iter_readings(cfg)]
-    result = evaluate(readings, [(a["series"], alert_ms(a)) for a in alerts])
+    result = evaluate(readings, [alert_series_ms(a) for a in alerts])
     assert result.episodes > 150
     assert result.recall >= 0.75, result.summary()
     assert result.precision >= 0.8, result.summary()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime
 
 import orjson
 import pytest
@@ -13,6 +12,7 @@ from generators.sensors import SensorSimConfig, iter_messages, iter_readings
 from generators.source import SimulatorSource
 from operators.evaluate import main
 from operators.evaluation import evaluate
+from operators.records import alert_series_ms
 
 pytestmark = pytest.mark.timeout(120)
 SIM = SensorSimConfig(count=20_000, seed=5)
@@ -37,7 +37,7 @@ def test_jsonl_stream_scores_like_the_flow(capsys: pytest.CaptureFixture[str]) -
     records = [orjson.loads(v) for _k, v in alerts]
     flow_result = evaluate(
         [(r.series, r.ts_ms, r.label) for r in iter_readings(SIM)],
-        [(a["series"], round(datetime.fromisoformat(a["ts"]).timestamp() * 1000)) for a in records],
+        [alert_series_ms(a) for a in records],
     ).summary()
     assert got["alerts"] == len(records) > 10
     for key in ("events", "episodes", "detected", "recall", "precision", "f1"):
