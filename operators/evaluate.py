@@ -1,4 +1,4 @@
-"""``vigil-evaluate``: run a detector and the alert policy over a labelled stream, score alerts.
+r"""``vigil-evaluate``: run a detector and the alert policy over a labelled stream, score alerts.
 
 The stream comes on stdin (or ``--input FILE``) in one of two forms:
 
@@ -11,12 +11,23 @@ The stream comes on stdin (or ``--input FILE``) in one of two forms:
   empty, ``0``, ``false`` or ``normal`` marks a normal row, anything else names the anomaly
   (``1`` counts as ``anomaly``); without a series column every row belongs to ``series``.
 
+Instead of row labels, ``--windows FILE.json --key REL`` reads the ground truth as anomaly
+windows in the format of NAB's ``combined_windows.json`` (``{"REL": [["start", "end"], ...]}``,
+times read as UTC) and applies the windows of ``REL`` to every series of the stream, so a
+NAB data file can be scored as it is::
+
+    vigil-evaluate --format csv --input data/realKnownCause/nyc_taxi.csv \
+        --windows labels/combined_windows.json --key realKnownCause/nyc_taxi.csv
+
 Each series is scored as the flows score it (normalizer, value detector plus the ``stuck``
 and ``gap`` features, calibration, alert policy), in event-time order, and the alerts are
 matched to labelled episodes by :func:`operators.evaluation.evaluate`. One JSON object is
 printed: precision, recall and F1 of alerts per labelled episode, false alerts per 1,000
-readings, median detection delay and recall per anomaly kind. Unreadable lines are
-counted and reported on stderr, never fatal.
+readings, median detection delay, recall per anomaly kind and, under ``nab``, the NAB
+score of the alerts per application profile (:mod:`operators.nabscore`; windows built
+from the labelled episodes as NAB builds them, or the ``--windows`` as given). Rows inside
+a ``--windows`` window count as ``anomaly`` rows for the episode figures. Unreadable lines
+are counted and reported on stderr, never fatal.
 """
 
 from __future__ import annotations
@@ -35,7 +46,8 @@ import numpy as np
 from operators.alerting import AlertPolicy, AlertState, apply_policy
 from operators.detectors import DEFAULT_DETECTOR, DETECTORS
 from operators.evaluation import evaluate
-from operators.events import SeriesBatch
+from operators.events import BoolArray, SeriesBatch
+from operators.nabscore import NabTally, tally_series, windows_from_labels, windows_from_times
 from operators.normalize import NORMALIZERS, make_normalizer
 from operators.serde import DecodeError, decode_fields, parse_ts_ms
 from operators.steps import DetectConfig, detect_batch, new_detect_state
@@ -100,20 +112,20 @@ def read_csv(
         yield series, ts_ms, value, label
 
 
-def alerts_of_series(
+def alert_mask(
     series: str,
     cols: Columns,
     detect: DetectConfig,
     policy: AlertPolicy,
     normalizer: str,
-) -> list[int]:
-    """Event times of the alerts one series raises, scored as the flows score it."""
+) -> BoolArray:
+    """Per reading of one series, whether it raises an alert, scored as the flows score it."""
     norm = make_normalizer(normalizer)
     state = new_detect_state(detect)
     alert_state = AlertState()
     ts = np.asarray(cols.ts_ms, dtype=np.int64)
     values = np.asarray(cols.values, dtype=np.float64)
-    out: list[int] = []
+    out: list[BoolArray] = []
     for start in range(0, len(values), CHUNK):
         stop = start + CHUNK
         chunk = values[start:stop]
@@ -125,8 +137,59 @@ def alerts_of_series(
             normalized=norm.transform_many(chunk),
         )
         scored = apply_policy(policy, alert_state, detect_batch(detect, state, batch))
-        out.extend(scored.ts_ms[scored.alerted].tolist())
-    return out
+        out.append(scored.alerted)
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
+def window_edges(doc: object, key: str) -> list[tuple[int, int]]:
+    """Event-time edges (epoch ms, inclusive) of the windows of ``key`` in a NAB windows file.
+
+    Raises:
+        ValueError: when the document is not ``{"key": [["start", "end"], ...]}``
+            or holds no entry for ``key``; the message says what arrived.
+
+    Example:
+        >>> window_edges({"a.csv": [["1970-01-01 00:00:01", "1970-01-01 00:00:02.5"]]}, "a.csv")
+        [(1000, 2500)]
+
+    """
+    if not isinstance(doc, dict):
+        msg = f"--windows: expected a JSON object of file -> windows, got {type(doc).__name__}"
+        raise ValueError(msg)
+    if key not in doc:
+        example = f", e.g. {next(iter(doc))!r}" if doc else ""
+        msg = f"--key: expected a file of the windows file ({len(doc)} files{example}), got {key!r}"
+        raise ValueError(msg)
+    windows = doc[key]
+    if not isinstance(windows, list):
+        msg = f"--windows: {key}: expected a list of windows, got {type(windows).__name__}"
+        raise ValueError(msg)
+    edges: list[tuple[int, int]] = []
+    for i, pair in enumerate(windows):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            msg = f"--windows: {key}: window {i}: expected [start, end], got {pair!r:.60}"
+            raise ValueError(msg)
+        try:
+            start, end = parse_ts_ms(pair[0]), parse_ts_ms(pair[1])
+        except DecodeError as exc:
+            msg = f"--windows: {key}: window {i}: {exc}"
+            raise ValueError(msg) from None
+        if end < start:
+            msg = f"--windows: {key}: window {i}: expected start <= end, got {pair!r}"
+            raise ValueError(msg)
+        edges.append((start, end))
+    return edges
+
+
+def label_by_windows(series: dict[str, Columns], edges: list[tuple[int, int]]) -> None:
+    """Label ``anomaly`` every reading inside a window, every other one normal (in place)."""
+    for cols in series.values():
+        ts = np.asarray(cols.ts_ms, dtype=np.int64)
+        inside = np.zeros(len(ts) + 1, dtype=np.int64)
+        for start, end in edges:
+            inside[np.searchsorted(ts, start)] += 1
+            inside[np.searchsorted(ts, end, side="right")] -= 1
+        cols.labels = ["anomaly" if n else None for n in np.cumsum(inside[:-1]).tolist()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-s", type=float, default=10.0, help="seconds after an episode that count"
     )
+    p.add_argument("--windows", help="NAB windows file (combined_windows.json) to use as labels")
+    p.add_argument("--key", help="with --windows: the file whose windows apply, e.g. a/b.csv")
     return p
 
 
@@ -166,6 +231,17 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
     except ValueError as exc:
         print(f"vigil-evaluate: {exc}", file=sys.stderr)
         return 2
+    edges: list[tuple[int, int]] | None = None
+    if (args.windows is None) != (args.key is None):
+        print("vigil-evaluate: --windows and --key: expected both or neither", file=sys.stderr)
+        return 2
+    if args.windows is not None:
+        try:
+            with open(args.windows, "rb") as fh:
+                edges = window_edges(json.load(fh), args.key)
+        except (OSError, ValueError) as exc:
+            print(f"vigil-evaluate: {exc}", file=sys.stderr)
+            return 2
     detect = DetectConfig(args.detector, stuck="stuck" in features, gap="gap" in features)
     source: IO[bytes] = open(args.input, "rb") if args.input else (stdin or sys.stdin.buffer)  # noqa: SIM115
     with source:
@@ -194,16 +270,30 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
             cols.ts_ms.append(ts_ms)
             cols.values.append(value)
             cols.labels.append(label)
+    if edges is not None:
+        label_by_windows(series, edges)
     readings = [
         (name, t, label)
         for name, cols in series.items()
         for t, label in zip(cols.ts_ms, cols.labels, strict=True)
     ]
-    alerts = [
-        (name, t)
-        for name, cols in series.items()
-        for t in alerts_of_series(name, cols, detect, policy, args.normalizer)
-    ]
+    alerts: list[tuple[str, int]] = []
+    nab = NabTally()
+    for name, cols in series.items():
+        mask = alert_mask(name, cols, detect, policy, args.normalizer)
+        ts = np.asarray(cols.ts_ms, dtype=np.int64)
+        alerts.extend((name, t) for t in ts[mask].tolist())
+        if edges is None:
+            windows = windows_from_labels([label is not None for label in cols.labels])
+        else:
+            windows = windows_from_times(ts, edges)
+            if len(windows) < len(edges):
+                print(
+                    f"vigil-evaluate: series {name!r}: {len(edges) - len(windows)} of "
+                    f"{len(edges)} windows of {args.key} hold no reading or overlap",
+                    file=sys.stderr,
+                )
+        nab += tally_series(len(ts), windows, mask)
     result = evaluate(readings, alerts, grace_s=args.grace_s)
     summary = {
         "detector": args.detector,
@@ -212,6 +302,7 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
         "series": len(series),
         "skipped": bad,
         **result.summary(),
+        "nab": nab.summary(),
     }
     print(json.dumps(summary))
     return 0
