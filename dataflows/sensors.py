@@ -11,59 +11,39 @@ the README).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Literal
 
-import bytewax.operators as op
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
 
 from generators.sensors import SensorSimConfig
 from generators.source import SimulatorSource
 from operators import steps
 from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env, configure_logging
-from operators.detectors import DEFAULT_DETECTOR, DETECTORS
-from operators.events import DeadLetter, RawBatch, ScoredBatch
+from operators.detectors import DEFAULT_DETECTOR
+from operators.events import RawBatch
+from operators.flowkit import (
+    KafkaConfig,
+    Sinks,
+    default_sinks,
+    detect_from_env,
+    kafka_source,
+    policy_from_env,
+    wire,
+)
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
-from operators.records import alert_message, dead_letter_message
-from operators.sinks.files import JsonlSink
-from operators.sinks.kafka import KafkaBytesSink
-from operators.sinks.rerun import RerunConfig, RerunSink
-from operators.sources.kafka import KafkaBatchSource
+from operators.serde import SENSORS
+from operators.sinks.rerun import RerunConfig
 
 logger = logging.getLogger(__name__)
 
 FLOW_NAME = "sensors"
-Message = tuple[bytes | None, bytes]
 
 
-@dataclass(frozen=True)
-class KafkaConfig:
-    """Where the flow reads and writes when a broker is configured.
-
-    Attributes:
-        brokers: ``host:port`` of the bootstrap brokers (empty: embedded mode).
-        topic: Input topic.
-        start: Where to start when there is no recovery state.
-        tail: Keep waiting for new messages at the end of the topic.
-        alerts_topic: Topic of alert records.
-        dlq_topic: Topic of dead-letter records.
-        extra: Extra librdkafka settings (SASL, TLS) for every client.
-
-    """
-
-    brokers: tuple[str, ...] = ()
-    topic: str = "sensors"
-    start: Literal["beginning", "end"] = "beginning"
-    tail: bool = True
-    alerts_topic: str = "alerts"
-    dlq_topic: str = "sensors-dlq"
-    extra: dict[str, str] = field(default_factory=dict)
+def _kafka_defaults() -> KafkaConfig:
+    return KafkaConfig(topic="sensors", alerts_topic="alerts", dlq_topic="sensors-dlq")
 
 
 @dataclass(frozen=True)
@@ -87,7 +67,7 @@ class Config:
 
     """
 
-    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    kafka: KafkaConfig = field(default_factory=_kafka_defaults)
     sim: SensorSimConfig = field(default_factory=SensorSimConfig)
     sim_partitions: int = 4
     sim_rate: float = 0.0
@@ -128,35 +108,21 @@ class Config:
         env = env or Env()
         preset = env.choice("PRESET", "default", ["default", "original"])
         original = preset == "original"
-        brokers = tuple(env.items("KAFKA_BROKERS", []))
-        kafka = KafkaConfig(
-            brokers=brokers,
-            topic=env.text("KAFKA_TOPIC", "sensors"),
-            start=env.choice("KAFKA_START", "beginning", ["beginning", "end"]),
-            tail=env.flag("KAFKA_TAIL", True),
-            alerts_topic=env.text("KAFKA_ALERTS_TOPIC", "alerts"),
-            dlq_topic=env.text("KAFKA_DLQ_TOPIC", "sensors-dlq"),
-            extra=env.json_object("KAFKA_CONFIG"),
+        defaults = _kafka_defaults()
+        kafka = KafkaConfig.from_env(
+            env,
+            topic=defaults.topic,
+            alerts_topic=defaults.alerts_topic,
+            dlq_topic=defaults.dlq_topic,
         )
         sim = SensorSimConfig.from_env(env, preset)
-        features = env.items("FEATURES", ["value"] if original else ["value", "stuck", "gap"])
-        unknown = set(features) - {"value", "stuck", "gap"}
-        if "value" not in features or unknown:
-            msg = f"VIGIL_FEATURES: expected 'value' plus any of stuck, gap; got {features}"
-            raise ConfigError(msg)
-        detector = env.choice(
-            "DETECTOR", "hst-original" if original else DEFAULT_DETECTOR, sorted(DETECTORS)
+        detect = detect_from_env(
+            env,
+            "hst-original" if original else DEFAULT_DETECTOR,
+            ["value"] if original else ["value", "stuck", "gap"],
         )
-        policy = AlertPolicy(
-            threshold=env.number("THRESHOLD", 0.7 if original else 0.999),
-            critical=env.number("CRITICAL", 0.9 if original else 0.999999),
-            persistence=env.integer("PERSISTENCE", 1, min_value=1),
-            cooldown_s=env.number("COOLDOWN_S", 0.0 if original else 10.0),
-        )
-        try:
-            policy.validate()
-        except ValueError as exc:
-            raise ConfigError(f"VIGIL_THRESHOLD/CRITICAL/PERSISTENCE/COOLDOWN_S: {exc}") from None
+        base = AlertPolicy(0.7, 0.9, 1, 0.0) if original else AlertPolicy()
+        policy = policy_from_env(env, base)
         out_dir = env.path("OUT_DIR", Path("vigil-out"))
         rerun = RerunConfig.from_env(env, default_path=out_dir / "sensors.rrd")
         cfg = cls(
@@ -168,7 +134,7 @@ class Config:
             normalizer=env.choice("NORMALIZER", "fixed", sorted(NORMALIZERS)),
             fixed_lo=env.number("FIXED_LO", 21.0),
             fixed_hi=env.number("FIXED_HI", 85.0),
-            detect=steps.DetectConfig(detector, stuck="stuck" in features, gap="gap" in features),
+            detect=detect,
             policy=policy,
             out_dir=out_dir,
             rerun=rerun,
@@ -184,48 +150,13 @@ class Config:
         return cfg
 
 
-@dataclass(frozen=True)
-class Sinks:
-    """Where the flow's three outputs go (tests swap them for ``TestingSink``)."""
-
-    alerts: Sink[Message]
-    dead_letters: Sink[Message]
-    view: Sink[ScoredBatch] | None
-
-
 def default_source(cfg: Config) -> Source[RawBatch]:
     """Kafka when brokers are configured, else the in-process simulator."""
     if cfg.embedded:
         return SimulatorSource(
             cfg.sim, partitions=cfg.sim_partitions, batch_size=cfg.batch_size, rate=cfg.sim_rate
         )
-    return KafkaBatchSource(
-        list(cfg.kafka.brokers),
-        cfg.kafka.topic,
-        start=cfg.kafka.start,
-        tail=cfg.kafka.tail,
-        batch_size=cfg.batch_size,
-        add_config=cfg.kafka.extra,
-    )
-
-
-def default_sinks(cfg: Config) -> Sinks:
-    """Kafka topics (or JSONL files in embedded mode) and the Rerun view."""
-    view = None if cfg.rerun.mode == "off" else RerunSink(cfg.rerun)
-    if cfg.embedded:
-        return Sinks(
-            alerts=JsonlSink(cfg.out_dir / "alerts.jsonl"),
-            dead_letters=JsonlSink(cfg.out_dir / "dead-letters.jsonl"),
-            view=view,
-        )
-    kafka: Callable[[str], KafkaBytesSink] = partial(
-        KafkaBytesSink, list(cfg.kafka.brokers), add_config=cfg.kafka.extra
-    )
-    return Sinks(
-        alerts=kafka(cfg.kafka.alerts_topic),
-        dead_letters=kafka(cfg.kafka.dlq_topic),
-        view=view,
-    )
+    return kafka_source(cfg.kafka, cfg.batch_size)
 
 
 def build_flow(
@@ -239,24 +170,16 @@ def build_flow(
         sinks: Outputs (default: Kafka topics or files, and Rerun).
 
     """
-    sinks = sinks or default_sinks(cfg)
     flow = Dataflow(FLOW_NAME)
-    raw = op.input("input", flow, source or default_source(cfg))
-    decoded = steps.decode("decode", raw, FLOW_NAME)
-    normalized = steps.normalize("normalize", decoded.oks, cfg.make_normalizer, FLOW_NAME)
-    detected = steps.detect("detect", normalized.oks, cfg.detect)
-    scored = steps.alert("alert", detected, cfg.policy, FLOW_NAME)
-
-    alerts = steps.alerts_of("alerts", scored)
-    op.output("alerts_out", op.map("alert_message", alerts, alert_message), sinks.alerts)
-    dead: Stream[DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
-    op.output(
-        "dead_letters_out",
-        op.map("dead_letter_message", dead, dead_letter_message),
-        sinks.dead_letters,
+    wire(
+        flow,
+        source or default_source(cfg),
+        sinks or default_sinks(cfg.kafka, cfg.out_dir, cfg.rerun),
+        make_normalizer=cfg.make_normalizer,
+        detect=cfg.detect,
+        policy=cfg.policy,
+        fmt=SENSORS,
     )
-    if sinks.view is not None:
-        op.output("view", scored, sinks.view)
     return flow
 
 

@@ -4,13 +4,16 @@ Examples::
 
     vigil-generate sensors --bootstrap localhost:9092 --rate 5000 --count 0
     vigil-generate sensors --preset original --count 1000 --out readings.jsonl
+    vigil-generate metrics --bootstrap localhost:9092 --shape trend --series 5
     python -m generators.cli sensors --count 10          # JSON lines on stdout
 
 Every simulator setting has an option (``--spike-prob``, ``--drift-len 60,300``,
-...; see ``vigil-generate sensors --help``). Kafka messages are keyed by sensor
-id and partitioned with librdkafka's ``consistent_random`` (CRC32 of the key),
-the partitioning :class:`generators.source.SimulatorSource` reproduces. The
-bytes are those of :func:`generators.sensors.iter_messages`.
+...; see ``vigil-generate sensors --help`` and ``vigil-generate metrics
+--help``). Kafka messages are keyed by series id and partitioned with
+librdkafka's ``consistent_random`` (CRC32 of the key), the partitioning
+:class:`generators.source.SimulatorSource` reproduces. The bytes are those of
+:func:`generators.sensors.iter_messages` and
+:func:`generators.metrics.iter_messages`.
 
 Progress goes to stderr every ``--progress-interval`` seconds, and a summary at
 the end. The exit code is 0 on success, 1 when a message was not delivered (the
@@ -32,7 +35,10 @@ from typing import IO, Any
 
 import orjson
 
-from generators.sensors import KINDS, SensorSimConfig, SimConfigError, iter_messages
+from generators import metrics, sensors
+from generators.metrics import MetricSimConfig
+from generators.sensors import SensorSimConfig
+from generators.simkit import SimConfigError
 
 DESCRIPTION = "Produce simulated, labelled readings to Kafka or to JSON lines."
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -67,9 +73,11 @@ _HELP = {
     "noise_std": "standard deviation of a noise burst, °C",
     "level_shift_delta": "size of a level shift, °C (random sign)",
 }
-for _kind in KINDS:
+for _kind in sensors.KINDS:
     _HELP[f"{_kind}_prob"] = f"probability per reading that a {_kind} episode starts"
     _HELP[f"{_kind}_len"] = f"readings a {_kind} episode lasts"
+
+_CHOICES = {"shape": metrics.SHAPES}
 
 
 def _pair(kind: type[int] | type[float]) -> Callable[[str], tuple[float, float]]:
@@ -112,11 +120,12 @@ def _kafka_config(text: str) -> dict[str, Any]:
     return obj
 
 
-def _add_sim_options(parser: argparse.ArgumentParser) -> None:
+def _add_sim_options(
+    parser: argparse.ArgumentParser, defaults: Any, helps: dict[str, str], title: str
+) -> None:
     """One option per simulator setting, named after the field."""
-    defaults = SensorSimConfig()
-    group = parser.add_argument_group("simulator settings (defaults of --preset default)")
-    for f in fields(SensorSimConfig):
+    group = parser.add_argument_group(title)
+    for f in fields(defaults):
         default = getattr(defaults, f.name)
         parse: Callable[[str], Any]
         metavar = None
@@ -128,26 +137,23 @@ def _add_sim_options(parser: argparse.ArgumentParser) -> None:
             parse, shown, metavar = _pair(type(default[0])), f"{default[0]},{default[1]}", "LO,HI"
         else:
             parse, shown = type(default), str(default)
-        help_text = _HELP.get(f.name, f.name.replace("_", " "))
+        help_text = helps.get(f.name, f.name.replace("_", " "))
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=parse,
             metavar=metavar,
+            choices=_CHOICES.get(f.name),
             help=f"{help_text} (default {shown})",
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser (subcommand ``sensors``)."""
-    parser = argparse.ArgumentParser(prog="vigil-generate", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sensors = sub.add_parser("sensors", help="warehouse temperature sensors")
-    out = sensors.add_argument_group("output")
+def _add_output_options(parser: argparse.ArgumentParser, topic: str) -> None:
+    out = parser.add_argument_group("output")
     out.add_argument(
         "--bootstrap", help="Kafka bootstrap HOST:PORT[,HOST:PORT] (default: no Kafka)"
     )
-    out.add_argument("--topic", default="sensors", help="Kafka topic (default sensors)")
+    out.add_argument("--topic", default=topic, help=f"Kafka topic (default {topic})")
     out.add_argument(
         "--kafka-config",
         type=_kafka_config,
@@ -172,28 +178,52 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="seconds between progress lines on stderr (0: only the summary)",
     )
-    sensors.add_argument(
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (subcommands ``sensors`` and ``metrics``)."""
+    parser = argparse.ArgumentParser(prog="vigil-generate", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sensor_cmd = sub.add_parser("sensors", help="warehouse temperature sensors")
+    _add_output_options(sensor_cmd, "sensors")
+    sensor_cmd.add_argument(
         "--preset",
         choices=["default", "original"],
         default="default",
         help="original: uniform 21-28 °C and spikes only, as the original generator",
     )
-    _add_sim_options(sensors)
+    title = "simulator settings (defaults of --preset default)"
+    _add_sim_options(sensor_cmd, SensorSimConfig(), _HELP, title)
+    metric_cmd = sub.add_parser("metrics", help="noisy metric streams, one reading a minute")
+    _add_output_options(metric_cmd, "raw-data")
+    helps = {**_HELP, **metrics.SETTING_HELP}
+    _add_sim_options(metric_cmd, MetricSimConfig(), helps, "simulator settings")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> SensorSimConfig:
-    """The simulator settings: the preset, then every option given.
+def config_from_args(args: argparse.Namespace) -> SensorSimConfig | MetricSimConfig:
+    """The simulator settings of the subcommand: defaults (or preset), then every option given.
 
     Raises:
         SimConfigError: when the settings are invalid.
 
     """
-    base = SensorSimConfig.original() if args.preset == "original" else SensorSimConfig()
-    given = {f.name: getattr(args, f.name) for f in fields(SensorSimConfig)}
+    base: SensorSimConfig | MetricSimConfig
+    if args.command == "metrics":
+        base = MetricSimConfig()
+    else:
+        base = SensorSimConfig.original() if args.preset == "original" else SensorSimConfig()
+    given = {f.name: getattr(args, f.name) for f in fields(base)}
     cfg = replace(base, **{k: v for k, v in given.items() if v is not None})
     cfg.validate()
     return cfg
+
+
+def iter_messages(cfg: SensorSimConfig | MetricSimConfig) -> Iterator[tuple[bytes, bytes]]:
+    """The messages of either simulator."""
+    if isinstance(cfg, MetricSimConfig):
+        return metrics.iter_messages(cfg)
+    return sensors.iter_messages(cfg)
 
 
 @dataclass

@@ -49,17 +49,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
+from generators.simkit import ChunkEncoder, SimChunk, SimConfigError, interleave, setting_from_env
 from operators.config import ConfigError, Env
-from operators.events import FloatArray, IntArray, Reading
+from operators.events import FloatArray, Reading
+from operators.serde import SENSORS
 
 __all__ = [
     "KINDS",
     "LABELS",
-    "MessageEncoder",
     "SensorSimConfig",
-    "SimChunk",
     "SimConfigError",
     "iter_chunks",
     "iter_messages",
@@ -85,19 +84,9 @@ _CHUNK_EVENTS = 16_384
 
 _MIN_START = datetime(2000, 1, 1, tzinfo=UTC)
 _MAX_START = datetime(2100, 1, 1, tzinfo=UTC)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Range = tuple[float, float]
 LenRange = tuple[int, int]
-
-
-class SimConfigError(ValueError):
-    """A simulator setting is invalid; ``field`` names it."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"sensor simulator: {field}: {message}")
-        self.field = field
-        self.detail = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +181,25 @@ class SensorSimConfig:
         """The sensor ids, ``"0"`` to ``str(sensors - 1)``."""
         return tuple(str(i) for i in range(self.sensors))
 
+    @property
+    def series_ids(self) -> tuple[str, ...]:
+        """The sensor ids (the :class:`~generators.simkit.Simulation` name)."""
+        return self.sensor_ids
+
+    def chunks(self) -> Iterator[SimChunk]:
+        """The simulated stream (see :func:`iter_chunks`)."""
+        return iter_chunks(self)
+
+    def encoder(self) -> ChunkEncoder:
+        """The encoder of this stream's chunks, in the sensors wire format.
+
+        Example:
+            >>> SensorSimConfig(interval_s=0.5).encoder().timestamps(1, 2)
+            [b'2024-01-01 00:00:00.500000', b'2024-01-01 00:00:01']
+
+        """
+        return ChunkEncoder(self.sensor_ids, LABELS, self.start, self.interval_us, SENSORS)
+
     def kind_probs(self) -> tuple[float, ...]:
         """Per-reading start probability of each episode kind, in :data:`KINDS` order."""
         return tuple(float(getattr(self, f"{k}_prob")) for k in KINDS)
@@ -221,7 +229,7 @@ class SensorSimConfig:
             >>> SensorSimConfig(spike_prob=2.0).validate()
             Traceback (most recent call last):
             ...
-            generators.sensors.SimConfigError: sensor simulator: spike_prob: expected a \
+            generators.simkit.SimConfigError: sensor simulator: spike_prob: expected a \
 probability in [0, 1], got 2.0
 
         """
@@ -229,7 +237,7 @@ probability in [0, 1], got 2.0
         def need(ok: bool, name: str, expected: str) -> None:
             if not ok:
                 got = getattr(self, name)
-                raise SimConfigError(name, f"expected {expected}, got {got!r}")
+                raise SimConfigError(name, f"expected {expected}, got {got!r}", "sensor simulator")
 
         need(self.sensors >= 1, "sensors", "at least 1 sensor")
         need(set(self.faulty) <= set(self.sensor_ids), "faulty", "sensor ids among 0..sensors-1")
@@ -280,43 +288,13 @@ probability in [0, 1], got 2.0
         env = env or Env()
         preset = env.choice("SIM_PRESET", preset, ["default", "original"])
         base = cls.original() if preset == "original" else cls()
-        values = {f.name: _env_value(env, f.name, getattr(base, f.name)) for f in fields(cls)}
+        values = {f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
         cfg = cls(**values)
         try:
             cfg.validate()
         except SimConfigError as exc:
             raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
         return cfg
-
-
-def _env_value(env: Env, field: str, default: Any) -> Any:
-    """The setting ``field`` from ``VIGIL_SIM_<FIELD>``, parsed like its default."""
-    name = f"SIM_{field.upper()}"
-    if field == "faulty":
-        return tuple(env.items(name, default))
-    if isinstance(default, int):
-        return env.integer(name, default)
-    if isinstance(default, float):
-        return env.number(name, default)
-    if isinstance(default, datetime):
-        raw = env.raw(name)
-        if raw is None:
-            return default
-        try:
-            ts = datetime.fromisoformat(raw)
-        except ValueError:
-            raise ConfigError(f"VIGIL_{name}: expected an ISO 8601 time, got {raw!r}") from None
-        return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-    items = env.items(name, [str(x) for x in default])
-    kind = type(default[0])
-    try:
-        pair = tuple(kind(x) for x in items)
-    except ValueError:
-        pair = ()
-    if len(pair) != 2:
-        msg = f"VIGIL_{name}: expected lo,hi ({kind.__name__}s), got {','.join(items)!r}"
-        raise ConfigError(msg)
-    return pair
 
 
 @dataclass(slots=True)
@@ -424,35 +402,6 @@ class _SensorStream:
         return b
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class SimChunk:
-    """Consecutive events of the simulated stream, columnar.
-
-    Attributes:
-        start: Index of the first event in the whole stream.
-        ticks: Tick of each event (event time is ``cfg.tick_time(tick)``).
-        sensors: Sensor index of each event.
-        values: Temperature of each event (°C).
-        labels: Label code of each event, an index into :data:`LABELS`.
-
-    """
-
-    start: int
-    ticks: IntArray
-    sensors: IntArray
-    values: FloatArray
-    labels: npt.NDArray[np.int8]
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def take(self, mask: npt.NDArray[np.bool_]) -> SimChunk:
-        """The events where ``mask`` holds (``start`` is kept)."""
-        return SimChunk(
-            self.start, self.ticks[mask], self.sensors[mask], self.values[mask], self.labels[mask]
-        )
-
-
 def iter_chunks(cfg: SensorSimConfig) -> Iterator[SimChunk]:
     """The simulated stream as columnar chunks, in event-time order.
 
@@ -462,75 +411,7 @@ def iter_chunks(cfg: SensorSimConfig) -> Iterator[SimChunk]:
     """
     cfg.validate()
     streams = [_SensorStream(cfg, i) for i in range(cfg.sensors)]
-    n = max(16, _CHUNK_EVENTS // cfg.sensors)
-    emitted = tick = 0
-    while not cfg.count or emitted < cfg.count:
-        parts = [s.next_chunk(n) for s in streams]
-        # Rows are ticks, columns sensors: row-major order is event-time order.
-        emit = np.stack([p[2] for p in parts], axis=1).ravel()
-        idx = np.flatnonzero(emit)
-        if cfg.count:
-            idx = idx[: cfg.count - emitted]
-        values = np.stack([p[0] for p in parts], axis=1).ravel()[idx]
-        labels = np.stack([p[1] for p in parts], axis=1).ravel()[idx]
-        sensors, ticks = idx % cfg.sensors, tick + idx // cfg.sensors
-        yield SimChunk(emitted, ticks.astype(np.int64), sensors.astype(np.int64), values, labels)
-        emitted += len(idx)
-        tick += n
-
-
-class MessageEncoder:
-    """Encodes chunks into wire messages, byte-identical to :func:`encode_reading`.
-
-    JSON is assembled from cached pieces: the sensor id and label per code,
-    the timestamp per tick, and every temperature formatted by one
-    :func:`orjson.dumps` call over the chunk.
-
-    Args:
-        cfg: The simulator settings the chunks came from.
-
-    """
-
-    def __init__(self, cfg: SensorSimConfig) -> None:
-        self.cfg = cfg
-        self.keys = [s.encode() for s in cfg.sensor_ids]
-        self.heads = [b'{"sensor_id":' + orjson.dumps(s) + b',"ts":"' for s in cfg.sensor_ids]
-        self.tails = [b',"label":' + orjson.dumps(label) + b"}" for label in LABELS]
-
-    def timestamps(self, first: int, last: int) -> list[bytes]:
-        """Event times of ticks ``first..last`` inclusive, formatted as :func:`format_ts` does.
-
-        Example:
-            >>> MessageEncoder(SensorSimConfig(interval_s=0.5)).timestamps(1, 2)
-            [b'2024-01-01 00:00:00.500000', b'2024-01-01 00:00:01']
-
-        """
-        start_us = (self.cfg.start - _EPOCH) // timedelta(microseconds=1)
-        us = start_us + np.arange(first, last + 1, dtype=np.int64) * self.cfg.interval_us
-        text = np.datetime_as_string(us.astype("datetime64[us]"), unit="us").tolist()
-        whole = (us % 1_000_000 == 0).tolist()
-        # 'YYYY-mm-ddTHH:MM:SS.ffffff': the fraction only when there is one, as format_ts.
-        return [
-            (f"{t[:10]} {t[11:19]}" if w else f"{t[:10]} {t[11:]}").encode()
-            for t, w in zip(text, whole, strict=True)
-        ]
-
-    def encode(self, chunk: SimChunk) -> tuple[list[bytes], list[bytes]]:
-        """Keys and values of the chunk's events."""
-        if not len(chunk):
-            return [], []
-        t0 = int(chunk.ticks[0])
-        stamps = self.timestamps(t0, int(chunk.ticks[-1]))
-        temps = orjson.dumps(chunk.values.tolist())[1:-1].split(b",")
-        keys, heads, tails = self.keys, self.heads, self.tails
-        sensors = chunk.sensors.tolist()
-        values = [
-            b'%b%b","temp":%b%b' % (heads[s], stamps[t - t0], v, tails[lab])
-            for s, t, v, lab in zip(
-                sensors, chunk.ticks.tolist(), temps, chunk.labels.tolist(), strict=True
-            )
-        ]
-        return [keys[s] for s in sensors], values
+    return interleave(streams, cfg.count, max(16, _CHUNK_EVENTS // cfg.sensors))
 
 
 def iter_messages(cfg: SensorSimConfig) -> Iterator[tuple[bytes, bytes]]:
@@ -541,7 +422,7 @@ def iter_messages(cfg: SensorSimConfig) -> Iterator[tuple[bytes, bytes]]:
         (b'0', b'{"sensor_id":"0","ts":"2024-01-01 00:00:00","temp":25.0,"label":null}')
 
     """
-    encoder = MessageEncoder(cfg)
+    encoder = cfg.encoder()
     for chunk in iter_chunks(cfg):
         keys, values = encoder.encode(chunk)
         yield from zip(keys, values, strict=True)
@@ -563,7 +444,7 @@ def iter_readings(cfg: SensorSimConfig) -> Iterator[Reading]:
         t0 = int(chunk.ticks[0])
         times = [cfg.tick_time(t) for t in range(t0, int(chunk.ticks[-1]) + 1)]
         for s, t, v, lab in zip(
-            chunk.sensors.tolist(),
+            chunk.series.tolist(),
             chunk.ticks.tolist(),
             chunk.values.tolist(),
             chunk.labels.tolist(),

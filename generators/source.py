@@ -1,10 +1,10 @@
-"""In-process Bytewax source of simulated sensor messages, partitioned like Kafka.
+"""In-process Bytewax source of simulated messages, partitioned like Kafka.
 
 :class:`SimulatorSource` feeds a flow the exact bytes the ``vigil-generate``
-CLI would produce to a topic: each message goes to partition
-``crc32(key) % partitions`` (librdkafka's default ``consistent_random``
-partitioner for keyed messages) with offsets counting from 0 in each
-partition. Its resume state is the next offset of a partition; a resumed
+CLI would produce to a topic, for any simulator (sensors, metrics): each
+message goes to partition ``crc32(key) % partitions`` (librdkafka's default
+``consistent_random`` partitioner for keyed messages) with offsets counting
+from 0 in each partition. Its resume state is the next offset of a partition; a resumed
 partition regenerates the deterministic stream and skips to that offset.
 
 Example:
@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from generators.sensors import MessageEncoder, SensorSimConfig, SimChunk, iter_chunks
+from generators.simkit import SimChunk, Simulation
 from operators.events import RawBatch
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def partition_of(key: bytes, partitions: int) -> int:
     """The partition of a keyed message: ``crc32(key) % partitions``.
 
     This is librdkafka's default partitioner for keyed messages, so a topic
-    written by the CLI holds each sensor in the same partition.
+    written by the CLI holds each series in the same partition.
 
     Example:
         >>> [partition_of(str(i).encode(), 4) for i in range(5)]
@@ -57,13 +57,13 @@ def partition_of(key: bytes, partitions: int) -> int:
 
 
 class _SimPartition(StatefulSourcePartition[RawBatch, int]):
-    """One partition: the shared stream filtered to this partition's sensors."""
+    """One partition: the shared stream filtered to this partition's series."""
 
     def __init__(
         self,
-        cfg: SensorSimConfig,
+        sim: Simulation,
         index: int,
-        sensors: list[int],
+        series: list[int],
         resume: int,
         batch_size: int,
         rate: float,
@@ -72,9 +72,9 @@ class _SimPartition(StatefulSourcePartition[RawBatch, int]):
         self.batch_size = batch_size
         self.rate = rate
         self.next_offset = resume
-        self.encoder = MessageEncoder(cfg)
-        self.sensors = np.array(sensors, dtype=np.int64)
-        self.chunks = iter_chunks(cfg) if sensors else iter(())
+        self.encoder = sim.encoder()
+        self.series = np.array(series, dtype=np.int64)
+        self.chunks = sim.chunks() if series else iter(())
         self.keys: list[bytes] = []
         self.values: list[bytes] = []
         self.positions: list[int] = []  # index of each pending message in the whole stream
@@ -89,7 +89,7 @@ class _SimPartition(StatefulSourcePartition[RawBatch, int]):
         chunk = next(self.chunks, None)
         if chunk is None:
             return None
-        mask = np.isin(chunk.sensors, self.sensors)
+        mask = np.isin(chunk.series, self.series)
         return chunk.take(mask), (chunk.start + np.flatnonzero(mask)).tolist()
 
     def _load(self, skip: int) -> bool:
@@ -158,10 +158,13 @@ class _SimPartition(StatefulSourcePartition[RawBatch, int]):
 
 
 class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
-    """The sensor simulator as a partitioned Bytewax source of :class:`RawBatch`.
+    """A simulator as a partitioned Bytewax source of :class:`RawBatch`.
 
     Args:
-        cfg: Simulator settings (``count`` bounds the whole source; 0: endless).
+        cfg: Simulator settings, such as a
+            :class:`~generators.sensors.SensorSimConfig` or a
+            :class:`~generators.metrics.MetricSimConfig` (their ``count``
+            bounds the whole source; 0: endless).
         partitions: Number of partitions, like a topic's.
         batch_size: Most messages per emitted batch.
         rate: Events per second across the whole source, paced by the wall
@@ -177,7 +180,7 @@ class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
 
     def __init__(
         self,
-        cfg: SensorSimConfig,
+        cfg: Simulation,
         *,
         partitions: int = 4,
         batch_size: int = 1000,
@@ -202,11 +205,11 @@ class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
         """Every partition, ``"0"`` to ``str(partitions - 1)``."""
         return [str(i) for i in range(self.partitions)]
 
-    def sensors_of(self, partition: int) -> list[int]:
-        """Indices of the sensors whose messages go to ``partition``."""
+    def series_of(self, partition: int) -> list[int]:
+        """Indices of the series whose messages go to ``partition``."""
         return [
             i
-            for i, sid in enumerate(self.cfg.sensor_ids)
+            for i, sid in enumerate(self.cfg.series_ids)
             if partition_of(sid.encode(), self.partitions) == partition
         ]
 
@@ -218,7 +221,7 @@ class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
         return _SimPartition(
             self.cfg,
             index,
-            self.sensors_of(index),
+            self.series_of(index),
             resume_state or 0,
             self.batch_size,
             self.rate,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.events import DeadLetter, RawBatch, SeriesBatch
-from operators.serde import DecodeError, decode_fields
+from operators.serde import SENSORS, DecodeError, WireFormat, decode_fields
 
 STEP = "decode"
 
@@ -49,11 +49,12 @@ class _Columns:
         self.raw: list[bytes | None] = []
 
 
-def decode_batch(raw: RawBatch) -> Decoded:
+def decode_batch(raw: RawBatch, fmt: WireFormat = SENSORS) -> Decoded:
     """Decode every message of a raw batch.
 
     Args:
         raw: Messages in source order.
+        fmt: Field names of the wire format.
 
     Returns:
         Readings grouped by series (order within a series kept, series in
@@ -64,7 +65,7 @@ def decode_batch(raw: RawBatch) -> Decoded:
     errs: list[DeadLetter] = []
     for key, value, offset in zip(raw.keys, raw.values, raw.offsets, strict=True):
         try:
-            series, ts_ms, temp, label = decode_fields(key, value)
+            series, ts_ms, temp, label = decode_fields(key, value, fmt)
         except DecodeError as exc:
             errs.append(DeadLetter(raw.origin, raw.partition, offset, key, value, STEP, str(exc)))
             continue

@@ -1,10 +1,16 @@
-"""Wire format of sensor readings: pure encoding and decoding, no I/O.
+"""Wire format of readings: pure encoding and decoding, no I/O.
 
-A reading travels as a JSON object keyed by its sensor id, the format of the
-original warehouse pipeline plus an optional ground-truth label::
+A reading travels as a JSON object keyed by its series id. The sensors flow
+uses the format of the original warehouse pipeline plus an optional
+ground-truth label (:data:`SENSORS`)::
 
     key:   b"3"
     value: {"sensor_id": "3", "ts": "2024-01-01 00:00:07", "temp": 24.31, "label": null}
+
+The metrics flow names the same two fields generically (:data:`METRICS`)::
+
+    key:   b"0"
+    value: {"series": "0", "ts": "2024-01-01 00:07:00", "value": 0.6442, "label": null}
 
 ``ts`` is event time in UTC, either ``YYYY-mm-dd HH:MM:SS`` (the original's
 format, read as UTC) or ISO 8601 with an explicit offset.
@@ -17,12 +23,15 @@ Example:
     (b'3', b'{"sensor_id":"3","ts":"2024-01-01 00:00:07","temp":24.31,"label":null}')
     >>> decode_reading(key, value) == r
     True
+    >>> encode_reading(r, METRICS)[1]
+    b'{"series":"3","ts":"2024-01-01 00:00:07","value":24.31,"label":null}'
 
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -43,6 +52,26 @@ class DecodeError(ValueError):
     """A message that is not a valid reading; the text says why."""
 
 
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """Names of the JSON fields that carry a reading's series id and value.
+
+    Attributes:
+        series_field: Field of the series id (the message key stands in when it is absent).
+        value_field: Field of the numeric value.
+
+    """
+
+    series_field: str
+    value_field: str
+
+
+#: The sensors flow's format, the original warehouse pipeline's.
+SENSORS = WireFormat("sensor_id", "temp")
+#: The metrics flow's format.
+METRICS = WireFormat("series", "value")
+
+
 def format_ts(ts: datetime) -> str:
     """Format an event time in the original's second-resolution UTC format.
 
@@ -59,12 +88,12 @@ def format_ts(ts: datetime) -> str:
     return ts.strftime(TS_FORMAT)
 
 
-def encode_reading(reading: Reading) -> tuple[bytes, bytes]:
-    """Encode a reading as a Kafka ``(key, value)`` pair of bytes."""
+def encode_reading(reading: Reading, fmt: WireFormat = SENSORS) -> tuple[bytes, bytes]:
+    """Encode a reading as a Kafka ``(key, value)`` pair of bytes in format ``fmt``."""
     payload = {
-        "sensor_id": reading.series,
+        fmt.series_field: reading.series,
         "ts": format_ts(reading.ts),
-        "temp": reading.value,
+        fmt.value_field: reading.value,
         "label": reading.label,
     }
     return reading.series.encode(), orjson.dumps(payload)
@@ -103,8 +132,10 @@ def _parse_ts_str(raw: str) -> int:
     return datetime_to_ms(ts)
 
 
-def decode_fields(key: bytes | None, value: bytes | None) -> tuple[str, int, float, str | None]:
-    """Decode one message into ``(series, ts_ms, value, label)``.
+def decode_fields(
+    key: bytes | None, value: bytes | None, fmt: WireFormat = SENSORS
+) -> tuple[str, int, float, str | None]:
+    """Decode one message in format ``fmt`` into ``(series, ts_ms, value, label)``.
 
     This is the hot-path form of :func:`decode_reading`: it builds no objects
     beyond the tuple.
@@ -124,17 +155,17 @@ def decode_fields(key: bytes | None, value: bytes | None) -> tuple[str, int, flo
     if not isinstance(obj, dict):
         msg = f"payload: expected a JSON object, got {type(obj).__name__}"
         raise DecodeError(msg)
-    series = obj.get("sensor_id")
+    series = obj.get(fmt.series_field)
     if series is None and key:
         try:
             series = key.decode()
         except UnicodeDecodeError:
-            raise DecodeError("key: expected UTF-8 sensor id, got undecodable bytes") from None
+            raise DecodeError("key: expected a UTF-8 series id, got undecodable bytes") from None
     if isinstance(series, int) and not isinstance(series, bool):
         series = str(series)
     if not isinstance(series, str) or not series or len(series) > MAX_SERIES_LEN:
         msg = (
-            f"field 'sensor_id': expected a non-empty string of at most {MAX_SERIES_LEN} "
+            f"field '{fmt.series_field}': expected a non-empty string of at most {MAX_SERIES_LEN} "
             f"characters, got {type(series).__name__} {series!r:.40}"
         )
         raise DecodeError(msg)
@@ -144,13 +175,14 @@ def decode_fields(key: bytes | None, value: bytes | None) -> tuple[str, int, flo
     if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
         msg = f"field 'ts': expected a time between 2000 and 2100, got {obj['ts']!r:.40}"
         raise DecodeError(msg)
-    temp = obj.get("temp")
+    name = fmt.value_field
+    temp = obj.get(name)
     if isinstance(temp, bool) or not isinstance(temp, int | float):
-        msg = f"field 'temp': expected a number, got {type(temp).__name__} {temp!r:.40}"
+        msg = f"field '{name}': expected a number, got {type(temp).__name__} {temp!r:.40}"
         raise DecodeError(msg)
     temp = float(temp)
     if not math.isfinite(temp):
-        msg = f"field 'temp': expected a finite number, got {temp!r}"
+        msg = f"field '{name}': expected a finite number, got {temp!r}"
         raise DecodeError(msg)
     label = obj.get("label")
     if label is not None and not isinstance(label, str):
@@ -159,12 +191,12 @@ def decode_fields(key: bytes | None, value: bytes | None) -> tuple[str, int, flo
     return series, ts_ms, temp, label
 
 
-def decode_reading(key: bytes | None, value: bytes | None) -> Reading:
-    """Decode one message into a :class:`Reading`.
+def decode_reading(key: bytes | None, value: bytes | None, fmt: WireFormat = SENSORS) -> Reading:
+    """Decode one message in format ``fmt`` into a :class:`Reading`.
 
     Raises:
         DecodeError: see :func:`decode_fields`.
 
     """
-    series, ts_ms, temp, label = decode_fields(key, value)
+    series, ts_ms, temp, label = decode_fields(key, value, fmt)
     return Reading(series, datetime.fromtimestamp(ts_ms / 1000.0, tz=UTC), temp, label)

@@ -33,6 +33,7 @@ from operators.events import (
 )
 from operators.metrics import ALERTS, EVENTS, Progress, count_dead_letter
 from operators.normalize import Normalizer
+from operators.serde import SENSORS, WireFormat
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +47,23 @@ class DecodeOut:
 
 
 @operator
-def decode(step_id: str, up: Stream[RawBatch], flow_name: str) -> DecodeOut:
+def decode(
+    step_id: str, up: Stream[RawBatch], flow_name: str, fmt: WireFormat = SENSORS
+) -> DecodeOut:
     """Decode raw batches into per-series batches; bad messages become dead letters.
 
     Args:
         step_id: Unique id.
         up: Raw micro-batches from a source.
         flow_name: Name of the flow, for metrics.
+        fmt: Field names of the wire format.
 
     """
     progress = Progress(flow_name)
     events = EVENTS.labels(flow=flow_name, step=step_id)
 
     def _decode(raw: RawBatch) -> list[SeriesBatch | DeadLetter]:
-        out = decode_batch(raw)
+        out = decode_batch(raw, fmt)
         events.inc(len(raw))
         progress.add(len(raw), len(out.errs))
         for err in out.errs:

@@ -7,52 +7,32 @@ into a single recording. Per ``write_batch``, the batches of one series are
 concatenated and logged with one ``send_columns`` per entity, so the cost per
 reading is a few array copies rather than a Python call.
 
-Entities, on the ``event_time`` timestamp timeline (event time of the data):
+Entities, on the ``event_time`` timestamp timeline (event time of the data),
+under the entity root of the flow's :class:`ViewLabels` (``temperature`` for
+the sensors flow, ``metric`` for the metrics flow):
 
-* ``temperature/<series>``: the readings, a line per series;
-* ``temperature/<series>/alert``: alerted readings, large red points;
-* ``temperature/<series>/labelled``: readings a generator labelled anomalous,
+* ``<root>/<series>``: the readings, a line per series;
+* ``<root>/<series>/alert``: alerted readings, large red points;
+* ``<root>/<series>/labelled``: readings a generator labelled anomalous,
   small grey crosses (a cross without a red point is a missed anomaly, a red
   point without a cross a false alarm);
 * ``score/<series>``: two scalars per reading, the calibrated score in [0, 1]
   and the alert threshold it was held to (a line each);
-* ``cloud/data/<series>`` and ``cloud/alert/<series>``: a 3D cloud of
-  (minutes since 00:00 UTC of the first reading a worker saw, temperature,
-  10 x sensor index), alerts larger and red.
+* ``cloud/data/<series>`` and ``cloud/alert/<series>`` (when the labels ask
+  for it, as the sensors flow's do): a 3D cloud of (minutes since 00:00 UTC
+  of the first reading a worker saw, value, 10 x series index), alerts
+  larger and red.
 
-Modes (``VIGIL_RERUN_MODE``): ``off``; ``rrd`` writes a file (one per worker
-with several workers: ``sensors-w<i>.rrd``; open them together with
-``rerun vigil-out/sensors*.rrd``; the file is rewritten at each start);
-``spawn`` starts a native viewer, ``serve`` a gRPC server plus web viewer
-(both the ``rerun`` executable of the rerun-sdk wheel, started by worker 0,
-bound to ``VIGIL_RERUN_BIND``, left running after the flow ends; a server
-already listening on the port is reused); ``connect`` streams to a running
-viewer or server at ``VIGIL_RERUN_URL``.
-
-Example:
-    >>> from operators.config import Env
-    >>> cfg = RerunConfig.from_env(Env({"VIGIL_RERUN_MODE": "serve"}), Path("out/s.rrd"))
-    >>> cfg.mode, cfg.bind, cfg.grpc_port, cfg.web_port
-    ('serve', '127.0.0.1', 9876, 9090)
-
+Where the view goes (a file, a viewer or server started for it, or one
+already running) is a :class:`RerunConfig` (see
+:mod:`operators.sinks.rerun_config`, whose names this module re-exports).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import ipaddress
 import logging
-import re
-import shutil
-import socket
-import subprocess
-import time
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
-from urllib.parse import quote, urlsplit
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -60,19 +40,34 @@ import rerun as rr
 import rerun.blueprint as rrb
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from operators.config import ConfigError, Env
 from operators.events import BoolArray, FloatArray, IntArray, ScoredBatch
 from operators.sinks.files import worker_path
+from operators.sinks.rerun_config import (
+    APPLICATION_ID,
+    MODES,
+    Mode,
+    RerunConfig,
+    ViewLabels,
+    default_recording_id,
+    ensure_viewer,
+)
+
+__all__ = [
+    "APPLICATION_ID",
+    "MODES",
+    "TIMELINE",
+    "Mode",
+    "RerunConfig",
+    "RerunSink",
+    "ViewLabels",
+    "default_recording_id",
+    "sensor_index",
+    "view_blueprint",
+]
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["off", "rrd", "spawn", "connect", "serve"]
-MODES: tuple[Mode, ...] = ("off", "rrd", "spawn", "connect", "serve")
 TIMELINE = "event_time"
-APPLICATION_ID = "vigil-sensors"
-_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(%|[KMGT]i?B|B)$")
-_URL_SCHEMES = ("rerun", "rerun+http", "rerun+https")
-_STARTUP_S = 20.0
 _FLUSH_S = 30.0
 _RED = (220, 30, 30)
 _PALETTE = (
@@ -86,142 +81,16 @@ _PALETTE = (
     (188, 189, 34),
 )
 _CLOUD_SENSOR_SPACING = 10.0
+# Zoomed out, a pixel covers many readings: draw their range, not their average, which
+# would flatten the very spikes the view is for.
+_AGGREGATION = rr.components.AggregationPolicy.MinMax
 _MS_PER_DAY = 86_400_000
-# Viewers and servers started here, detached; held so that Python does not warn about them.
-_STARTED: list[subprocess.Popen[bytes]] = []
 _SCALARS = rr.Scalars.descriptor_scalars()
 _POSITIONS = rr.Points3D.descriptor_positions()
-DEFAULT_URL = "rerun+http://127.0.0.1:9876/proxy"
-DEFAULT_BIND = "127.0.0.1"
-DEFAULT_GRPC_PORT = 9876
-DEFAULT_WEB_PORT = 9090
-DEFAULT_MEMORY_LIMIT = "1GiB"
-
-
-def default_recording_id(application_id: str) -> str:
-    """A recording id fixed by the application id, so all workers and processes share it.
-
-    Example:
-        >>> default_recording_id("vigil-sensors") == default_recording_id("vigil-sensors")
-        True
-
-    """
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vigil:{application_id}"))
-
-
-@dataclass(frozen=True, slots=True)
-class RerunConfig:
-    """Where the Rerun view goes.
-
-    Attributes:
-        mode: ``off``, ``rrd``, ``spawn``, ``connect`` or ``serve``.
-        path: The recording file (``rrd``).
-        url: gRPC URL of a running viewer or server (``connect``).
-        bind: Address the started viewer or server listens on (``spawn``, ``serve``).
-        grpc_port: gRPC port of the started viewer or server.
-        web_port: HTTP port of the web viewer (``serve``).
-        application_id: Rerun application id (the blueprint is stored per application).
-        recording_id: Shared by every worker so the viewer merges them into one recording.
-        memory_limit: Memory the started viewer (``spawn``) or server (``serve``) may use
-            before it drops the oldest data, for example ``1GiB`` or ``25%``.
-
-    """
-
-    mode: Mode = "rrd"
-    path: Path = Path("vigil-out/sensors.rrd")
-    url: str = DEFAULT_URL
-    bind: str = DEFAULT_BIND
-    grpc_port: int = DEFAULT_GRPC_PORT
-    web_port: int = DEFAULT_WEB_PORT
-    application_id: str = APPLICATION_ID
-    recording_id: str = field(default_factory=lambda: default_recording_id(APPLICATION_ID))
-    memory_limit: str = DEFAULT_MEMORY_LIMIT
-
-    @classmethod
-    def from_env(cls, env: Env, default_path: Path) -> RerunConfig:
-        """Read the ``VIGIL_RERUN_*`` variables.
-
-        Args:
-            env: The environment.
-            default_path: The recording file when ``VIGIL_RERUN_PATH`` is unset.
-
-        Raises:
-            ConfigError: naming the variable at fault.
-
-        """
-        application_id = env.text("RERUN_APPLICATION_ID", APPLICATION_ID)
-        cfg = cls(
-            mode=env.choice("RERUN_MODE", "rrd", MODES),
-            path=env.path("RERUN_PATH", default_path),
-            url=env.text("RERUN_URL", DEFAULT_URL),
-            bind=env.text("RERUN_BIND", DEFAULT_BIND),
-            grpc_port=env.integer("RERUN_GRPC_PORT", DEFAULT_GRPC_PORT, min_value=1),
-            web_port=env.integer("RERUN_WEB_PORT", DEFAULT_WEB_PORT, min_value=1),
-            application_id=application_id,
-            recording_id=env.text("RERUN_RECORDING_ID", default_recording_id(application_id)),
-            memory_limit=env.text("RERUN_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
-        )
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Check the values; errors name the ``VIGIL_RERUN_*`` variable.
-
-        Raises:
-            ConfigError: on the first bad value.
-
-        """
-        url = urlsplit(self.url)
-        if url.scheme not in _URL_SCHEMES or not url.hostname or url.path != "/proxy":
-            msg = (
-                "VIGIL_RERUN_URL: expected rerun+http://<host>:<port>/proxy (or rerun://, "
-                f"rerun+https://), got {self.url!r}"
-            )
-            raise ConfigError(msg)
-        try:
-            ipaddress.ip_address(self.bind)
-        except ValueError:
-            msg = f"VIGIL_RERUN_BIND: expected an IP address such as 127.0.0.1, got {self.bind!r}"
-            raise ConfigError(msg) from None
-        for name, port in (("GRPC_PORT", self.grpc_port), ("WEB_PORT", self.web_port)):
-            if not 1 <= port <= 65535:
-                raise ConfigError(f"VIGIL_RERUN_{name}: expected a port 1..65535, got {port}")
-        if self.mode == "serve" and self.grpc_port == self.web_port:
-            msg = f"VIGIL_RERUN_WEB_PORT: expected a port other than the gRPC port {self.grpc_port}"
-            raise ConfigError(msg)
-        if not _MEMORY.match(self.memory_limit):
-            msg = (
-                "VIGIL_RERUN_MEMORY_LIMIT: expected a size such as 1GiB or 25%, "
-                f"got {self.memory_limit!r}"
-            )
-            raise ConfigError(msg)
-        if not self.application_id or not self.recording_id:
-            raise ConfigError("VIGIL_RERUN_APPLICATION_ID/RECORDING_ID: expected non-empty ids")
-
-    @property
-    def grpc_url(self) -> str:
-        """The URL that reaches the viewer or server this config starts (or ``url``)."""
-        if self.mode == "connect":
-            return self.url
-        return f"rerun+http://{_connect_host(self.bind)}:{self.grpc_port}/proxy"
-
-    @property
-    def web_url(self) -> str:
-        """The web viewer's address, already pointed at the gRPC server (``serve``)."""
-        host = _connect_host(self.bind)
-        return f"http://{host}:{self.web_port}/?url={quote(self.grpc_url, safe='')}"
-
-
-def _connect_host(bind: str) -> str:
-    if bind == "0.0.0.0":  # a wildcard bind is reached through loopback
-        return "127.0.0.1"
-    if bind == "::":
-        return "[::1]"
-    return f"[{bind}]" if ":" in bind else bind
 
 
 def sensor_index(series: str) -> int:
-    """The sensor's position on the 3D cloud's depth axis: its number, else a stable hash.
+    """The series' colour and place on the 3D cloud's depth axis: its number, else a stable hash.
 
     Example:
         >>> sensor_index("3"), sensor_index("dock-a") == sensor_index("dock-a")
@@ -233,36 +102,40 @@ def sensor_index(series: str) -> int:
     return int.from_bytes(hashlib.blake2b(series.encode(), digest_size=4).digest(), "big") % 1000
 
 
-def sensors_blueprint() -> rrb.Blueprint:
+def view_blueprint(labels: ViewLabels) -> rrb.Blueprint:
     """Readings with alerts, scores with thresholds, and the 3D cloud up to the time cursor."""
     everything = rr.TimeRange(
         start=rrb.TimeRangeBoundary.infinite(), end=rrb.TimeRangeBoundary.infinite()
     )
+    scores = rrb.TimeSeriesView(
+        origin="/score",
+        name="Calibrated score and threshold",
+        axis_x=rrb.TimeAxis(view_range=everything),
+        plot_legend=rrb.PlotLegend(visible=False),
+    )
+    below: rrb.Container | rrb.View = scores
+    if labels.cloud:
+        below = rrb.Horizontal(
+            scores,
+            rrb.Spatial3DView(
+                origin="/cloud",
+                name=f"Readings in 3D: (minutes, {labels.unit or 'value'}, 10 × {labels.noun})",
+                time_ranges=rrb.VisibleTimeRange(
+                    TIMELINE,
+                    start=rrb.TimeRangeBoundary.infinite(),
+                    end=rrb.TimeRangeBoundary.cursor_relative(),
+                ),
+            ),
+        )
     return rrb.Blueprint(
         rrb.Vertical(
             rrb.TimeSeriesView(
-                origin="/temperature",
-                name="Temperature (°C) and alerts",
+                origin=f"/{labels.entity}",
+                name=f"{labels.quantity} and alerts",
                 axis_x=rrb.TimeAxis(view_range=everything),
                 plot_legend=rrb.PlotLegend(corner="LeftTop"),
             ),
-            rrb.Horizontal(
-                rrb.TimeSeriesView(
-                    origin="/score",
-                    name="Calibrated score and threshold",
-                    axis_x=rrb.TimeAxis(view_range=everything),
-                    plot_legend=rrb.PlotLegend(visible=False),
-                ),
-                rrb.Spatial3DView(
-                    origin="/cloud",
-                    name="Readings in 3D: (minutes, °C, 10 × sensor)",
-                    time_ranges=rrb.VisibleTimeRange(
-                        TIMELINE,
-                        start=rrb.TimeRangeBoundary.infinite(),
-                        end=rrb.TimeRangeBoundary.cursor_relative(),
-                    ),
-                ),
-            ),
+            below,
             row_shares=[1, 1],
         ),
         collapse_panels=True,
@@ -308,10 +181,11 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         self._cfg = cfg
         self._rec = rr.RecordingStream(cfg.application_id, recording_id=cfg.recording_id)
         self._dest = self._attach(worker_index, worker_count)
+        labels = cfg.labels
         if worker_index == 0:
-            self._rec.send_blueprint(sensors_blueprint(), make_active=True, make_default=True)
-        # Temperature is up in the 3D cloud.
-        self._rec.log("cloud", rr.ViewCoordinates.RIGHT_HAND_Y_UP, static=True, strict=True)
+            self._rec.send_blueprint(view_blueprint(labels), make_active=True, make_default=True)
+        if labels.cloud:  # the value is up in the 3D cloud
+            self._rec.log("cloud", rr.ViewCoordinates.RIGHT_HAND_Y_UP, static=True, strict=True)
         self._paths: dict[str, _Paths] = {}
         self._origin_ms: int | None = None
         self._readings = 0
@@ -326,7 +200,7 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
             self._rec.save(path)
             return str(path)
         if cfg.mode in ("spawn", "serve"):
-            _ensure_viewer(cfg, start=worker_index == 0)
+            ensure_viewer(cfg, start=worker_index == 0)
         self._rec.connect_grpc(cfg.grpc_url)
         return cfg.web_url if cfg.mode == "serve" else cfg.grpc_url
 
@@ -344,10 +218,12 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
             return paths
         part = rr.escape_entity_path_part(series)
         index = sensor_index(series)
+        labels = self._cfg.labels
+        root = rr.escape_entity_path_part(labels.entity)
         paths = _Paths(
-            temp=f"temperature/{part}",
-            alert=f"temperature/{part}/alert",
-            labelled=f"temperature/{part}/labelled",
+            temp=f"{root}/{part}",
+            alert=f"{root}/{part}/alert",
+            labelled=f"{root}/{part}/labelled",
             score=f"score/{part}",
             cloud=f"cloud/data/{part}",
             cloud_alert=f"cloud/alert/{part}",
@@ -355,7 +231,15 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         )
         colour = _PALETTE[index % len(_PALETTE)]
         styles: list[tuple[str, rr.AsComponents]] = [
-            (paths.temp, rr.SeriesLines(colors=colour, names=f"sensor {series}", widths=1.5)),
+            (
+                paths.temp,
+                rr.SeriesLines(
+                    colors=colour,
+                    names=f"{labels.noun} {series}",
+                    widths=1.5,
+                    aggregation_policy=_AGGREGATION,
+                ),
+            ),
             (
                 paths.alert,
                 rr.SeriesPoints(
@@ -371,12 +255,24 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
             (
                 paths.score,
                 rr.SeriesLines(
-                    colors=[colour, _RED], names=[f"score {series}", "threshold"], widths=[1.5, 1]
+                    colors=[colour, _RED],
+                    names=[f"score {series}", "threshold"],
+                    widths=[1.5, 1],
+                    aggregation_policy=_AGGREGATION,
                 ),
             ),
-            (paths.cloud, rr.Points3D.from_fields(colors=colour, radii=rr.Radius.ui_points(1.5))),
-            (paths.cloud_alert, rr.Points3D.from_fields(colors=_RED, radii=rr.Radius.ui_points(5))),
         ]
+        if labels.cloud:
+            styles += [
+                (
+                    paths.cloud,
+                    rr.Points3D.from_fields(colors=colour, radii=rr.Radius.ui_points(1.5)),
+                ),
+                (
+                    paths.cloud_alert,
+                    rr.Points3D.from_fields(colors=_RED, radii=rr.Radius.ui_points(5)),
+                ),
+            ]
         for path, style in styles:
             self._rec.log(path, style, static=True, strict=True)
         self._paths[series] = paths
@@ -387,28 +283,34 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         values = np.concatenate([b.values for b in batches])
         scores = np.concatenate([b.scores for b in batches])
         alerted = np.concatenate([b.alerted for b in batches])
-        if self._origin_ms is None:
-            self._origin_ms = int(ts.min()) // _MS_PER_DAY * _MS_PER_DAY
-            logger.info("3D cloud: x is minutes since %s", np.datetime64(self._origin_ms, "ms"))
         times = [_timestamps(ts)]
         self._send(paths.temp, times, _scalars(values))
         # Score and threshold share a row: one call, and the threshold line follows any change.
         thresholds = np.repeat([b.threshold for b in batches], [len(b) for b in batches])
         self._send(paths.score, times, _scalars(np.column_stack((scores, thresholds))))
-        cloud = np.empty((len(ts), 3), dtype=np.float32)
-        cloud[:, 0] = (ts - self._origin_ms) / 60_000.0
-        cloud[:, 1] = values
-        cloud[:, 2] = paths.depth
-        self._send(paths.cloud, times, _positions(cloud))
         if alerted.any():
-            alert_times = [_timestamps(ts[alerted])]
-            self._send(paths.alert, alert_times, _scalars(values[alerted]))
-            self._send(paths.cloud_alert, alert_times, _positions(cloud[alerted]))
+            self._send(paths.alert, [_timestamps(ts[alerted])], _scalars(values[alerted]))
+        if self._cfg.labels.cloud:
+            self._write_cloud(paths, ts, values, alerted)
         labelled = _labelled(batches)
         if labelled is not None and labelled.any():
             self._send(paths.labelled, [_timestamps(ts[labelled])], _scalars(values[labelled]))
         self._readings += len(ts)
         self._alerts += int(alerted.sum())
+
+    def _write_cloud(
+        self, paths: _Paths, ts: IntArray, values: FloatArray, alerted: BoolArray
+    ) -> None:
+        if self._origin_ms is None:
+            self._origin_ms = int(ts.min()) // _MS_PER_DAY * _MS_PER_DAY
+            logger.info("3D cloud: x is minutes since %s", np.datetime64(self._origin_ms, "ms"))
+        cloud = np.empty((len(ts), 3), dtype=np.float32)
+        cloud[:, 0] = (ts - self._origin_ms) / 60_000.0
+        cloud[:, 1] = values
+        cloud[:, 2] = paths.depth
+        self._send(paths.cloud, [_timestamps(ts)], _positions(cloud))
+        if alerted.any():
+            self._send(paths.cloud_alert, [_timestamps(ts[alerted])], _positions(cloud[alerted]))
 
     def _send(self, path: str, times: list[rr.TimeColumn], column: rr.ComponentColumn) -> None:
         rr.send_columns(path, indexes=times, columns=[column], recording=self._rec, strict=True)
@@ -450,63 +352,3 @@ def _labelled(batches: list[ScoredBatch]) -> BoolArray | None:
     return np.concatenate(
         [np.fromiter((x is not None for x in b.labels), np.bool_, len(b.labels)) for b in batches]
     )
-
-
-def _rerun_executable() -> str:
-    spec = importlib.util.find_spec("rerun_cli")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "rerun"
-        if bundled.is_file():
-            return str(bundled)
-    found = shutil.which("rerun")
-    if found is None:
-        raise RuntimeError("RerunSink: the rerun executable was not found; install rerun-sdk")
-    return found
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host.strip("[]"), port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def _ensure_viewer(cfg: RerunConfig, *, start: bool) -> None:
-    """Wait for the viewer (``spawn``) or server (``serve``); start it first if ``start``.
-
-    A viewer or server already listening on the port is reused.
-    """
-    host = _connect_host(cfg.bind)
-    if _listening(host, cfg.grpc_port):
-        logger.info("using the Rerun server already listening at %s", cfg.grpc_url)
-        return
-    args = [_rerun_executable(), "--bind", cfg.bind, "--port", str(cfg.grpc_port)]
-    if cfg.mode == "serve":
-        args += ["--serve-web", "--web-viewer-port", str(cfg.web_port)]
-        args += ["--server-memory-limit", cfg.memory_limit]
-    else:
-        args += ["--memory-limit", cfg.memory_limit, "--expect-data-soon"]
-    proc = None
-    if start:
-        # Detached, like rerun.spawn: the view outlives the flow and a Ctrl-C of the flow.
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        _STARTED.append(proc)
-    deadline = time.monotonic() + _STARTUP_S
-    while not _listening(host, cfg.grpc_port):
-        if proc is not None and proc.poll() is not None:
-            msg = f"RerunSink: `{' '.join(args)}` exited with status {proc.returncode}"
-            raise RuntimeError(msg)
-        if time.monotonic() > deadline:
-            msg = f"RerunSink: nothing listening on {cfg.grpc_url} after {_STARTUP_S}s"
-            raise RuntimeError(msg)
-        time.sleep(0.05)
-    if proc is not None:
-        where = cfg.web_url if cfg.mode == "serve" else cfg.grpc_url
-        logger.info("started Rerun (pid %d, keeps running after the flow) at %s", proc.pid, where)

@@ -329,9 +329,9 @@ def test_one_and_four_partitions_carry_the_same_messages() -> None:
     assert one == Counter(iter_messages(SMALL))
 
 
-def test_partition_without_sensors_ends_at_once() -> None:
+def test_partition_without_series_ends_at_once() -> None:
     source = SimulatorSource(SMALL, partitions=4)
-    assert source.sensors_of(2) == []
+    assert source.series_of(2) == []
     part = source.build_part("in", "2", None)
     with pytest.raises(StopIteration):
         part.next_batch()

@@ -1,0 +1,229 @@
+"""Wiring every Vigil flow shares: Kafka settings, sinks, policy and detector settings, the steps.
+
+A flow module (``dataflows/<use_case>.py``) keeps its own :class:`Config`
+and defaults, and builds its dataflow with :func:`wire`::
+
+    input -> decode -> normalize -> detect -> alert policy -> alerts, dead letters, view
+
+Nothing here opens a connection or a file: sources and sinks connect when the
+flow starts.
+
+Example:
+    >>> from operators.config import Env
+    >>> kafka = KafkaConfig.from_env(Env({}), topic="raw-data", alerts_topic="anomalies",
+    ...                              dlq_topic="raw-data-dlq")
+    >>> kafka.topic, kafka.brokers, kafka.tail
+    ('raw-data', (), True)
+    >>> policy_from_env(Env({"VIGIL_PERSISTENCE": "2"}), AlertPolicy()).persistence
+    2
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from operators import steps
+from operators.alerting import AlertPolicy
+from operators.config import ConfigError, Env
+from operators.detectors import DETECTORS
+from operators.events import DeadLetter, RawBatch, ScoredBatch
+from operators.normalize import Normalizer
+from operators.records import alert_message, dead_letter_message
+from operators.serde import WireFormat
+from operators.sinks.files import JsonlSink
+from operators.sinks.kafka import KafkaBytesSink
+from operators.sinks.rerun import RerunConfig, RerunSink
+from operators.sources.kafka import KafkaBatchSource
+
+Message = tuple[bytes | None, bytes]
+FEATURES = ("value", "stuck", "gap")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where a flow reads and writes when a broker is configured.
+
+    Attributes:
+        topic: Input topic.
+        alerts_topic: Topic of alert records.
+        dlq_topic: Topic of dead-letter records.
+        brokers: ``host:port`` of the bootstrap brokers (empty: embedded mode).
+        start: Where to start when there is no recovery state.
+        tail: Keep waiting for new messages at the end of the topic.
+        extra: Extra librdkafka settings (SASL, TLS) for every client.
+
+    """
+
+    topic: str
+    alerts_topic: str
+    dlq_topic: str
+    brokers: tuple[str, ...] = ()
+    start: Literal["beginning", "end"] = "beginning"
+    tail: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Env, *, topic: str, alerts_topic: str, dlq_topic: str) -> KafkaConfig:
+        """Read the ``VIGIL_KAFKA_*`` variables; the topics given are the flow's defaults.
+
+        Raises:
+            ConfigError: naming the variable at fault.
+
+        """
+        return cls(
+            topic=env.text("KAFKA_TOPIC", topic),
+            alerts_topic=env.text("KAFKA_ALERTS_TOPIC", alerts_topic),
+            dlq_topic=env.text("KAFKA_DLQ_TOPIC", dlq_topic),
+            brokers=tuple(env.items("KAFKA_BROKERS", [])),
+            start=env.choice("KAFKA_START", "beginning", ["beginning", "end"]),
+            tail=env.flag("KAFKA_TAIL", True),
+            extra=env.json_object("KAFKA_CONFIG"),
+        )
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """Where a flow's three outputs go (tests swap them for ``TestingSink``)."""
+
+    alerts: Sink[Message]
+    dead_letters: Sink[Message]
+    view: Sink[ScoredBatch] | None
+
+
+def policy_from_env(env: Env, base: AlertPolicy) -> AlertPolicy:
+    """The alert policy from ``VIGIL_THRESHOLD``, ``CRITICAL``, ``PERSISTENCE`` and ``COOLDOWN_S``.
+
+    Args:
+        env: The environment.
+        base: The flow's defaults for unset variables.
+
+    Raises:
+        ConfigError: naming the variables at fault.
+
+    """
+    policy = AlertPolicy(
+        threshold=env.number("THRESHOLD", base.threshold),
+        critical=env.number("CRITICAL", base.critical),
+        persistence=env.integer("PERSISTENCE", base.persistence, min_value=1),
+        cooldown_s=env.number("COOLDOWN_S", base.cooldown_s),
+    )
+    try:
+        policy.validate()
+    except ValueError as exc:
+        raise ConfigError(f"VIGIL_THRESHOLD/CRITICAL/PERSISTENCE/COOLDOWN_S: {exc}") from None
+    return policy
+
+
+def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.DetectConfig:
+    """The detect step's settings from ``VIGIL_DETECTOR`` and ``VIGIL_FEATURES``.
+
+    Args:
+        env: The environment.
+        detector: The flow's default value detector.
+        features: The flow's default features (``value`` plus any of ``stuck``, ``gap``).
+
+    Raises:
+        ConfigError: naming the variable at fault.
+
+    Example:
+        >>> detect_from_env(Env({"VIGIL_FEATURES": "value,gap"}), "iforest", ["value"])
+        DetectConfig(detector='iforest', stuck=False, gap=True)
+
+    """
+    chosen = env.items("FEATURES", features)
+    unknown = set(chosen) - set(FEATURES)
+    if "value" not in chosen or unknown:
+        msg = f"VIGIL_FEATURES: expected 'value' plus any of stuck, gap; got {chosen}"
+        raise ConfigError(msg)
+    name = env.choice("DETECTOR", detector, sorted(DETECTORS))
+    return steps.DetectConfig(name, stuck="stuck" in chosen, gap="gap" in chosen)
+
+
+def kafka_source(kafka: KafkaConfig, batch_size: int) -> KafkaBatchSource:
+    """The input topic as a source of raw batches."""
+    return KafkaBatchSource(
+        list(kafka.brokers),
+        kafka.topic,
+        start=kafka.start,
+        tail=kafka.tail,
+        batch_size=batch_size,
+        add_config=kafka.extra,
+    )
+
+
+def default_sinks(kafka: KafkaConfig, out_dir: Path, rerun: RerunConfig, prefix: str = "") -> Sinks:
+    """Kafka topics (or, with no brokers, JSONL files under ``out_dir``) and the Rerun view.
+
+    Args:
+        kafka: Broker settings; no brokers means files.
+        out_dir: Directory of the files.
+        rerun: Where the view goes (``off``: no view).
+        prefix: Start of the file names (``<prefix>alerts.jsonl``, ``<prefix>dead-letters.jsonl``).
+
+    """
+    view = None if rerun.mode == "off" else RerunSink(rerun)
+    if not kafka.brokers:
+        return Sinks(
+            alerts=JsonlSink(out_dir / f"{prefix}alerts.jsonl"),
+            dead_letters=JsonlSink(out_dir / f"{prefix}dead-letters.jsonl"),
+            view=view,
+        )
+    to_topic: Callable[[str], KafkaBytesSink] = partial(
+        KafkaBytesSink, list(kafka.brokers), add_config=kafka.extra
+    )
+    return Sinks(
+        alerts=to_topic(kafka.alerts_topic),
+        dead_letters=to_topic(kafka.dlq_topic),
+        view=view,
+    )
+
+
+def wire(
+    flow: Dataflow,
+    source: Source[RawBatch],
+    sinks: Sinks,
+    *,
+    make_normalizer: Callable[[], Normalizer],
+    detect: steps.DetectConfig,
+    policy: AlertPolicy,
+    fmt: WireFormat,
+) -> None:
+    """Add the steps of a Vigil flow to ``flow`` (its name names the metrics).
+
+    Args:
+        flow: An empty dataflow.
+        source: Raw message batches.
+        sinks: The outputs.
+        make_normalizer: A zero-argument callable building one series' normalizer.
+        detect: Value detector and extra features.
+        policy: The alert policy.
+        fmt: Field names of the wire format.
+
+    """
+    name = flow.flow_id
+    raw = op.input("input", flow, source)
+    decoded = steps.decode("decode", raw, name, fmt)
+    normalized = steps.normalize("normalize", decoded.oks, make_normalizer, name)
+    detected = steps.detect("detect", normalized.oks, detect)
+    scored = steps.alert("alert", detected, policy, name)
+
+    alerts = steps.alerts_of("alerts", scored)
+    op.output("alerts_out", op.map("alert_message", alerts, alert_message), sinks.alerts)
+    dead: Stream[DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
+    op.output(
+        "dead_letters_out",
+        op.map("dead_letter_message", dead, dead_letter_message),
+        sinks.dead_letters,
+    )
+    if sinks.view is not None:
+        op.output("view", scored, sinks.view)
