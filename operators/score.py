@@ -32,6 +32,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TextIO
 
 import numpy as np
@@ -43,6 +44,10 @@ from operators.detectors import DEFAULT_DETECTOR, DETECTORS, make_detector
 def nab_factory(detector: str = DEFAULT_DETECTOR) -> Callable[[str, float], float]:
     """A fresh scorer ``f(timestamp, value) -> calibrated score`` for one series.
 
+    The spacing of the timestamps is passed to the detector before each value
+    (seasonal detectors learn the length of a day in readings from it); a
+    timestamp that cannot be read only leaves that spacing out.
+
     Args:
         detector: Registered detector name.
 
@@ -51,8 +56,18 @@ def nab_factory(detector: str = DEFAULT_DETECTOR) -> Callable[[str, float], floa
 
     """
     det = make_detector(detector)
+    last: list[datetime] = []
 
     def score(timestamp: str, value: float) -> float:
+        try:
+            ts = datetime.fromisoformat(timestamp.strip())
+        except ValueError:
+            pass
+        else:
+            ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+            if last:
+                det.observe_interval((ts - last[0]).total_seconds())
+            last[:] = [ts]
         raw = det.score_learn_many(np.array([value], dtype=np.float64))
         return float(calibrate(det.calibrator, raw)[0])
 

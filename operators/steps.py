@@ -224,6 +224,12 @@ def detect_batch(cfg: DetectConfig, state: DetectState, batch: SeriesBatch) -> D
         msg = f"detect: expected a normalized batch for series {batch.series!r}, got raw values"
         raise ValueError(msg)
     n = len(batch)
+    start = batch.ts_ms[0] if state.last_ts_ms is None else state.last_ts_ms
+    intervals = np.diff(np.concatenate(([start], batch.ts_ms))) / 1000.0
+    # The first reading of a series has no interval to judge.
+    first = 1 if state.last_ts_ms is None else 0
+    for seconds in intervals[first:].tolist():
+        state.value.observe_interval(seconds)
     raw_scores = state.value.score_learn_many(batch.normalized)
     columns = [calibrate(state.value.calibrator, raw_scores)]
     details = [raw_scores]
@@ -234,11 +240,7 @@ def detect_batch(cfg: DetectConfig, state: DetectState, batch: SeriesBatch) -> D
         columns.append(calibrate(Flatline.calibrator, state.stuck.score_learn_many(batch.values)))
         details.append((runs + 1).astype(np.float64))
     if state.gap is not None:
-        start = batch.ts_ms[0] if state.last_ts_ms is None else state.last_ts_ms
-        intervals = np.diff(np.concatenate(([start], batch.ts_ms))) / 1000.0
         gap_scores = np.zeros(n)
-        # The first reading of a series has no interval to judge.
-        first = 1 if state.last_ts_ms is None else 0
         gap_scores[first:] = state.gap.score_learn_many(intervals[first:])
         columns.append(calibrate(Gap.calibrator, gap_scores))
         details.append(intervals)

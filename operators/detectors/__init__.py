@@ -2,8 +2,8 @@
 
 Example:
     >>> sorted(DETECTORS)  # doctest: +NORMALIZE_WHITESPACE
-    ['flatline', 'gap', 'gaussian-window', 'hst', 'hst-original', 'iforest', 'robust-z',
-     'seasonal', 'tail']
+    ['context', 'flatline', 'gap', 'gaussian-window', 'hst', 'hst-original', 'iforest',
+     'robust-z', 'seasonal', 'tail']
     >>> make_detector("robust-z").calibrator
     'gaussian'
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from operators.detectors.base import Detector
+from operators.detectors.context import ContextSurprise
 from operators.detectors.gaussian import WindowedGaussian
 from operators.detectors.hst import HalfSpaceTrees, HalfSpaceTreesOriginal
 from operators.detectors.iforest import IsolationForest
@@ -28,6 +29,7 @@ DETECTORS[TailSurprise.name] = TailSurprise
 DETECTORS[WindowedGaussian.name] = WindowedGaussian
 DETECTORS[IsolationForest.name] = IsolationForest
 DETECTORS[Seasonal.name] = Seasonal
+DETECTORS[ContextSurprise.name] = ContextSurprise
 DEFAULT_DETECTOR = "robust-z"
 
 

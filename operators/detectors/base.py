@@ -50,6 +50,14 @@ class Detector(ABC):
     def learn_one(self, x: float) -> None:
         """Fold ``x`` into the model."""
 
+    def observe_interval(self, seconds: float) -> None:
+        """Be told the event-time spacing before the next value (seasonal detectors use it).
+
+        Called with the seconds since the previous reading, before that reading
+        is scored; detectors that ignore time keep this no-op.
+        """
+        del seconds  # a time-free detector has no use for the spacing
+
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
         """Score then learn each value of ``xs`` in order; the batch form.
 

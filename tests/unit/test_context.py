@@ -1,0 +1,116 @@
+"""The contextual tail-surprise detector: period, context, learning choice, refractory period."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from operators.detectors.context import ContextSurprise
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def noise(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(10.0, 1.0, n)
+
+
+def test_period_comes_from_the_spacing_of_the_first_readings() -> None:
+    d = ContextSurprise()
+    for _ in range(8):
+        d.observe_interval(300.0)
+    d.observe_interval(1.0)  # later spacing is ignored
+    assert d.period == 288
+    too_long = ContextSurprise()
+    for _ in range(8):
+        too_long.observe_interval(1.0)  # 86400 readings a day: above max_period
+    assert too_long.period == 0
+    assert ContextSurprise(period=96).period == 96
+
+
+def test_a_spike_at_the_same_time_every_day_stops_being_news_with_a_period() -> None:
+    period = 192  # longer than the recent context, so only "yesterday" remembers a spike
+    xs = noise(period * 12, seed=1)
+    spikes = np.arange(period // 2, len(xs), period)
+    xs[spikes] = 25.0  # a daily job that peaks at the same value
+    seasonal = ContextSurprise(period=period).score_learn_many(xs)
+    blind = ContextSurprise().score_learn_many(xs)
+    assert seasonal[spikes[0]] > 4.0
+    # Seen yesterday at this time: no news at all. Without the period it stays
+    # unusual every day (only the distance model gets used to it).
+    assert seasonal[spikes[1:]].max() < 0.1
+    assert blind[spikes[1:]].min() > 2.0
+
+
+@pytest.mark.parametrize(("flagged", "learned_max"), [("learn", 40.0), ("skip", 20.0)])
+def test_flagged_values_are_learned_or_skipped(flagged: str, learned_max: float) -> None:
+    d = ContextSurprise(flagged=flagged)
+    d.score_learn_many(noise(500))
+    d.score_learn_many(np.array([40.0]))
+    d.score_learn_many(noise(64, seed=2))  # past a refresh
+    assert (d._values.max() >= 40.0) == (learned_max == 40.0)
+
+
+def test_clip_learns_a_flagged_value_at_the_edge_of_the_tail() -> None:
+    d = ContextSurprise(flagged="clip")
+    d.score_learn_many(noise(512))
+    model = d._value_model
+    assert model is not None
+    d.score_learn_many(np.array([40.0]))
+    assert d._values[-1] == pytest.approx(model.upper)
+
+
+def test_a_level_shift_becomes_the_new_normal() -> None:
+    d = ContextSurprise(max_skip=50)
+    d.score_learn_many(noise(1000))
+    shifted = d.score_learn_many(noise(1500, seed=3) + 30.0)
+    assert shifted[0] > 5.0
+    assert shifted[-300:].max() < 3.0
+
+
+def test_a_second_event_close_behind_the_first_is_damped() -> None:
+    xs = noise(1200, seed=4)
+    xs[600] = xs[620] = xs[1100] = 25.0
+    out = ContextSurprise(flagged="skip").score_learn_many(xs)
+    assert out[600] > 4.0
+    assert out[620] < 0.2 * out[600]  # under the refractory bar
+    # The bar has fallen by then; the spike is less new (two like it were seen) but not damped.
+    assert out[1100] > 2.0
+
+
+def test_non_finite_values_score_the_cap_and_are_not_learned() -> None:
+    d = ContextSurprise()
+    d.score_learn_many(noise(100))
+    out = d.score_learn_many(np.array([np.nan, np.inf, 10.0]))
+    assert out[:2].tolist() == [10.0, 10.0]
+    assert np.isfinite(d._values).all()
+
+
+def test_batch_form_equals_per_event_form_with_a_daily_period() -> None:
+    xs = noise(700, seed=5)
+    xs[::97] += 8.0
+    batch = ContextSurprise(period=48).score_learn_many(xs)
+    one = ContextSurprise(period=48)
+    per_event = [one.score_one(x) for x in xs[:1]]
+    for x in xs:
+        s = one.score_one(x)
+        one.learn_one(x)
+        per_event.append(s)
+    assert np.array_equal(batch, np.array(per_event[1:]))
+
+
+def test_state_stays_under_32_kb_with_the_longest_period() -> None:
+    d = ContextSurprise(period=1440)
+    d.score_learn_many(noise(20_000, seed=6))
+    assert len(pickle.dumps(d)) <= 32 * 1024
+    restored = pickle.loads(pickle.dumps(d))
+    tail = noise(100, seed=7)
+    assert np.array_equal(d.score_learn_many(tail), restored.score_learn_many(tail))
+
+
+def test_bad_settings_say_what_was_expected() -> None:
+    with pytest.raises(ValueError, match="flagged"):
+        ContextSurprise(flagged="ignore")
+    with pytest.raises(ValueError, match="min_history"):
+        ContextSurprise(window=10, min_history=30)
