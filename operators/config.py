@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -126,6 +126,18 @@ class Env:
 
     def json_object(self, name: str) -> dict[str, str]:
         """A JSON object of string settings (for example extra librdkafka settings)."""
+        return {k: str(v) for k, v in self.json_settings(name).items()}
+
+    def json_settings(self, name: str) -> dict[str, Any]:
+        """A JSON object of settings with their JSON types (numbers stay numbers).
+
+        Example:
+            >>> Env({"VIGIL_DETECTOR_OPTIONS": '{"flag_level": 3.5}'}).json_settings(
+            ...     "DETECTOR_OPTIONS"
+            ... )
+            {'flag_level': 3.5}
+
+        """
         value = self.raw(name)
         if value is None:
             return {}
@@ -137,7 +149,7 @@ class Env:
         if not isinstance(obj, dict):
             msg = f"{PREFIX}{name}: expected a JSON object, got {type(obj).__name__}"
             raise ConfigError(msg)
-        return {str(k): str(v) for k, v in obj.items()}
+        return {str(k): v for k, v in obj.items()}
 
     def unknown(self) -> list[str]:
         """``VIGIL_*`` variables that no setting read so far (typos, or another flow's).

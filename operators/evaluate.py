@@ -5,7 +5,12 @@ The stream comes on stdin (or ``--input FILE``) in one of two forms:
 * ``jsonl``: the wire format of the flows, one reading per line with its ground-truth
   ``label``, exactly what ``vigil-generate sensors`` writes::
 
-      vigil-generate sensors --count 200000 --seed 11 | vigil-evaluate
+      vigil-generate sensors --count 200000 --seed 11 | vigil-evaluate --detector robust-z
+
+  ``--wire metrics`` reads the metrics flow's field names (``series``, ``value``) instead
+  of the sensors flow's (``sensor_id``, ``temp``)::
+
+      vigil-generate metrics --count 30000 | vigil-evaluate --wire metrics --detector iforest
 
 * ``csv``: a header line, then ``timestamp,value[,label][,series]`` rows; a label that is
   empty, ``0``, ``false`` or ``normal`` marks a normal row, anything else names the anomaly
@@ -44,12 +49,13 @@ from typing import IO
 import numpy as np
 
 from operators.alerting import AlertPolicy, AlertState, apply_policy
-from operators.detectors import DEFAULT_DETECTOR, DETECTORS
+from operators.detectors import DEFAULT_DETECTOR, DETECTORS, make_detector
 from operators.evaluation import evaluate
 from operators.events import BoolArray, SeriesBatch
 from operators.nabscore import NabTally, tally_series, windows_from_labels, windows_from_times
 from operators.normalize import NORMALIZERS, make_normalizer
-from operators.serde import DecodeError, decode_fields, parse_ts_ms
+from operators.score import parse_option
+from operators.serde import METRICS, SENSORS, DecodeError, WireFormat, decode_fields, parse_ts_ms
 from operators.steps import DetectConfig, detect_batch, new_detect_state
 
 NORMAL_LABELS = frozenset({"", "0", "false", "normal", "none", "null"})
@@ -72,13 +78,15 @@ def _label(raw: str) -> str | None:
     return "anomaly" if text == "1" else text
 
 
-def read_jsonl(lines: Iterable[bytes]) -> Iterator[tuple[str, int, float, str | None] | str]:
+def read_jsonl(
+    lines: Iterable[bytes], fmt: WireFormat = SENSORS
+) -> Iterator[tuple[str, int, float, str | None] | str]:
     """Readings of wire-format lines; a reason string for each unreadable line."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            yield decode_fields(None, line)
+            yield decode_fields(None, line, fmt)
         except DecodeError as exc:
             yield f"line {number}: {exc}"
 
@@ -198,8 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vigil-evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--input", help="file to read (default stdin)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument(
+        "--wire",
+        choices=["sensors", "metrics"],
+        default="sensors",
+        help="field names of jsonl readings: the sensors or the metrics flow's",
+    )
     p.add_argument("--series", default="series", help="series name of CSV rows without one")
     p.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR)
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="detector constructor option (value read as JSON), e.g. flagged=clip; repeatable",
+    )
     p.add_argument("--features", default="value,stuck,gap", help="value plus any of stuck, gap")
     p.add_argument("--normalizer", choices=sorted(NORMALIZERS), default="fixed")
     p.add_argument("--threshold", type=float, default=default.threshold)
@@ -242,11 +263,22 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"vigil-evaluate: {exc}", file=sys.stderr)
             return 2
-    detect = DetectConfig(args.detector, stuck="stuck" in features, gap="gap" in features)
+    try:
+        options = dict(parse_option(o) for o in args.option)
+        make_detector(args.detector, options)
+    except ValueError as exc:
+        print(f"vigil-evaluate: --option: {exc}", file=sys.stderr)
+        return 2
+    detect = DetectConfig(
+        args.detector,
+        stuck="stuck" in features,
+        gap="gap" in features,
+        options=tuple(sorted(options.items())),
+    )
     source: IO[bytes] = open(args.input, "rb") if args.input else (stdin or sys.stdin.buffer)  # noqa: SIM115
     with source:
         if args.format == "jsonl":
-            rows = read_jsonl(source)
+            rows = read_jsonl(source, METRICS if args.wire == "metrics" else SENSORS)
         else:
             rows = read_csv((line.decode("utf-8", "replace") for line in source), args.series)
         series: dict[str, Columns] = defaultdict(Columns)

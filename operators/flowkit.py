@@ -35,7 +35,7 @@ from bytewax.outputs import Sink
 from operators import steps
 from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env
-from operators.detectors import DETECTORS
+from operators.detectors import DETECTORS, make_detector
 from operators.events import DeadLetter, RawBatch, ScoredBatch
 from operators.normalize import Normalizer
 from operators.records import alert_message, dead_letter_message
@@ -125,7 +125,10 @@ def policy_from_env(env: Env, base: AlertPolicy) -> AlertPolicy:
 
 
 def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.DetectConfig:
-    """The detect step's settings from ``VIGIL_DETECTOR`` and ``VIGIL_FEATURES``.
+    """The detect step's settings from ``VIGIL_DETECTOR[_OPTIONS]`` and ``VIGIL_FEATURES``.
+
+    ``VIGIL_DETECTOR_OPTIONS`` is a JSON object of the detector's constructor
+    options, e.g. ``{"flagged": "clip"}`` for the ``context`` detector.
 
     Args:
         env: The environment.
@@ -137,7 +140,7 @@ def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.Detec
 
     Example:
         >>> detect_from_env(Env({"VIGIL_FEATURES": "value,gap"}), "iforest", ["value"])
-        DetectConfig(detector='iforest', stuck=False, gap=True)
+        DetectConfig(detector='iforest', stuck=False, gap=True, options=())
 
     """
     chosen = env.items("FEATURES", features)
@@ -146,7 +149,17 @@ def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.Detec
         msg = f"VIGIL_FEATURES: expected 'value' plus any of stuck, gap; got {chosen}"
         raise ConfigError(msg)
     name = env.choice("DETECTOR", detector, sorted(DETECTORS))
-    return steps.DetectConfig(name, stuck="stuck" in chosen, gap="gap" in chosen)
+    options = env.json_settings("DETECTOR_OPTIONS")
+    try:
+        make_detector(name, options)
+    except ValueError as exc:
+        raise ConfigError(f"VIGIL_DETECTOR_OPTIONS: {exc}") from None
+    return steps.DetectConfig(
+        name,
+        stuck="stuck" in chosen,
+        gap="gap" in chosen,
+        options=tuple(sorted(options.items())),
+    )
 
 
 def kafka_source(kafka: KafkaConfig, batch_size: int) -> KafkaBatchSource:

@@ -29,11 +29,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -41,7 +42,9 @@ from operators.calibrate import calibrate
 from operators.detectors import DEFAULT_DETECTOR, DETECTORS, make_detector
 
 
-def nab_factory(detector: str = DEFAULT_DETECTOR) -> Callable[[str, float], float]:
+def nab_factory(
+    detector: str = DEFAULT_DETECTOR, options: Mapping[str, Any] | None = None
+) -> Callable[[str, float], float]:
     """A fresh scorer ``f(timestamp, value) -> calibrated score`` for one series.
 
     The spacing of the timestamps is passed to the detector before each value
@@ -50,12 +53,13 @@ def nab_factory(detector: str = DEFAULT_DETECTOR) -> Callable[[str, float], floa
 
     Args:
         detector: Registered detector name.
+        options: The detector's constructor options.
 
     Raises:
-        ValueError: for an unknown detector name.
+        ValueError: for an unknown detector name or options it does not take.
 
     """
-    det = make_detector(detector)
+    det = make_detector(detector, options)
     last: list[datetime] = []
 
     def score(timestamp: str, value: float) -> float:
@@ -72,6 +76,27 @@ def nab_factory(detector: str = DEFAULT_DETECTOR) -> Callable[[str, float], floa
         return float(calibrate(det.calibrator, raw)[0])
 
     return score
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """A ``NAME=VALUE`` command-line option; the value is read as JSON, else kept as text.
+
+    Example:
+        >>> parse_option("flag_level=3.5"), parse_option("flagged=clip")
+        (('flag_level', 3.5), ('flagged', 'clip'))
+
+    Raises:
+        ValueError: when there is no ``=`` or no name.
+
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        msg = f"expected NAME=VALUE, got {text!r}"
+        raise ValueError(msg)
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
 
 
 def _parse_value(line: str) -> float:
@@ -97,9 +122,15 @@ def _parse_value(line: str) -> float:
     return value
 
 
-def score_stream(detector: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+def score_stream(
+    detector: str,
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    options: Mapping[str, Any] | None = None,
+) -> int:
     """Score every row of ``stdin`` onto ``stdout``; returns the number of bad rows."""
-    score = nab_factory(detector)
+    score = nab_factory(detector, options)
     bad = 0
     row = 0
     first = True
@@ -142,8 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(DETECTORS),
         help=f"registered detector (default: {DEFAULT_DETECTOR})",
     )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="detector constructor option (value read as JSON), e.g. flagged=clip; repeatable",
+    )
     args = parser.parse_args(argv)
-    score_stream(args.detector, sys.stdin, sys.stdout, sys.stderr)
+    try:
+        options = dict(parse_option(o) for o in args.option)
+        make_detector(args.detector, options)
+    except ValueError as exc:
+        parser.error(str(exc))
+    score_stream(args.detector, sys.stdin, sys.stdout, sys.stderr, options)
     return 0
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import bytewax.operators as op
 import numpy as np
@@ -191,12 +192,15 @@ class DetectConfig:
         detector: Registered name of the value detector.
         stuck: Also score runs of identical raw values (a stuck sensor).
         gap: Also score gaps in event time (missing readings).
+        options: Constructor options of the value detector, as ``(name, value)``
+            pairs (for example ``(("flagged", "clip"),)``).
 
     """
 
     detector: str
     stuck: bool = True
     gap: bool = True
+    options: tuple[tuple[str, Any], ...] = ()
 
     def feature_names(self) -> tuple[str, ...]:
         """Names of the scored features, in index order."""
@@ -274,7 +278,7 @@ class _DetectLogic(StatefulBatchLogic[SeriesBatch, DetectedBatch, DetectState]):
 def new_detect_state(cfg: DetectConfig) -> DetectState:
     """Fresh detectors for one series."""
     return DetectState(
-        value=make_detector(cfg.detector),
+        value=make_detector(cfg.detector, dict(cfg.options)),
         stuck=Flatline() if cfg.stuck else None,
         gap=Gap() if cfg.gap else None,
     )
@@ -292,7 +296,7 @@ def detect(
         cfg: Detector name and extra features.
 
     """
-    make_detector(cfg.detector)  # fail at build time on an unknown name
+    make_detector(cfg.detector, dict(cfg.options))  # fail at build time on a bad setting
 
     def builder(resume: DetectState | None) -> _DetectLogic:
         return _DetectLogic(cfg, resume or new_detect_state(cfg))

@@ -14,12 +14,11 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from dataflows.metrics import Config, Sinks, build_flow
+from dataflows.metrics import FLOW_DETECTOR, Config, Sinks, build_flow
 from generators.metrics import MetricSimConfig, iter_messages, iter_readings
 from generators.source import SimulatorSource
 from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env
-from operators.detectors import DEFAULT_DETECTOR
 from operators.evaluation import evaluate
 from operators.events import RawBatch
 from operators.flowkit import default_sinks
@@ -70,7 +69,7 @@ def sim_batches(cfg: MetricSimConfig, size: int = 250) -> list[RawBatch]:
 
 def test_defaults_are_the_projects_detector_and_policy_on_embedded_outputs() -> None:
     cfg = Config.from_env(Env({}))
-    assert cfg.detect == DetectConfig(DEFAULT_DETECTOR, stuck=True, gap=True)
+    assert cfg.detect == DetectConfig(FLOW_DETECTOR, stuck=True, gap=True)
     assert cfg.policy == AlertPolicy()
     assert cfg.embedded
     assert (cfg.kafka.topic, cfg.kafka.alerts_topic, cfg.kafka.dlq_topic) == (

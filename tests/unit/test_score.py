@@ -101,3 +101,31 @@ def test_each_score_is_flushed_before_the_next_row_is_sent() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_default_detector_with_options_equals_the_callable_form() -> None:
+    rows = [
+        f"2024-01-0{1 + i // 1440} {i // 60 % 24:02d}:{i % 60:02d}:00,{v}"
+        for i, v in enumerate((20.0 + np.random.default_rng(3).normal(0.0, 0.5, 3000)).round(4))
+    ]
+    command = [sys.executable, "-m", "operators.score", "--option", "flagged=clip"]
+    out = subprocess.run(
+        command,
+        input="timestamp,value\n" + "\n".join(rows) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=True,
+    )
+    f = nab_factory("context", {"flagged": "clip"})
+    expected = [f(r.split(",")[0], float(r.split(",")[1])) for r in rows]
+    assert [float(s) for s in out.stdout.splitlines()] == expected
+
+
+@pytest.mark.parametrize("option", ["flagged=ignore", "no_such_option=1", "missing-equals"])
+def test_bad_detector_options_are_usage_errors(option: str) -> None:
+    command = [sys.executable, "-m", "operators.score", "--option", option]
+    out = subprocess.run(command, input="", capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 2
+    assert "vigil-score: error:" in out.stderr
