@@ -2,11 +2,14 @@
 
 A reading is anomalous when it is both **rare** and **new**:
 
-* *rare*: its value lies in a tail of the recent distribution. The last
-  ``window`` learned values define "ordinary"; inside their range the tail
-  probability is empirical (the share at least as extreme), beyond the ``tail``
-  most extreme values of a side it follows a generalised Pareto fit of the
-  excesses (peaks over threshold, as in :mod:`operators.detectors.tail`).
+* *rare*: its value lies in a tail of the recent distribution, or its
+  *seasonal residual* (the value minus the median of the readings around the
+  same time of the previous day) lies in a tail of the recent residuals. The
+  last ``window`` learned values (residuals) define "ordinary"; inside their
+  range the tail probability is empirical (the share at least as extreme),
+  beyond the ``tail`` most extreme values of a side it follows a generalised
+  Pareto fit of the excesses (peaks over threshold, as in
+  :mod:`operators.detectors.tail`).
 * *new*: nothing like it was seen in its context. Its distance to the nearest
   of the last ``recent`` readings, and of the readings around the same time of
   the previous day (``period`` readings ago, ``+- jitter``), is scored against
@@ -15,11 +18,11 @@ A reading is anomalous when it is both **rare** and **new**:
   new: a daily batch job's spike or a level held since the last reading is
   rare yet expected.
 
-The surprise ``-log10 p`` of each is computed, and the detector reports the
-smaller of the two: both must agree. An event is reported once: after a
-surprise ``s`` at reading ``i``, a later surprise is damped (multiplied by
-``damping``) unless it exceeds ``s - decay * (j - i)``, a refractory bar that
-falls by ``decay`` decimal digits per reading.
+Each is a surprise ``-log10 p``; the detector reports the smaller of the two,
+so both must agree. An event is reported once: after a surprise ``s`` at
+reading ``i``, a later surprise is damped (multiplied by ``damping``) unless it
+exceeds ``s - decay * (j - i)``, a refractory bar that falls by ``decay``
+decimal digits per reading.
 
 What the detector learns from readings it flags is a choice (``flagged``):
 ``learn`` everything, ``skip`` values whose rarity surprise reaches
@@ -28,14 +31,15 @@ the edge of the current tail (down-weighting). A run of ``max_skip`` flagged
 readings in a row is learned anyway, so a level shift becomes the new normal
 instead of freezing the model.
 
-The model (sorted windows and tail fits) is refreshed every ``refresh``
-readings, so a whole stretch between refreshes is scored at once in numpy: the
-batch form gives exactly the per-event numbers, at several hundred thousand
-readings per second.
+The models (sorted windows and tail fits) are refreshed every ``refresh``
+readings, and at ``min_history`` and each doubling of it while warming up.
+Between refreshes a whole stretch is scored at once in numpy: the batch form
+gives exactly the per-event numbers, at a few hundred thousand readings per
+second.
 
 The daily period comes from the readings' spacing (:meth:`observe_interval`),
 or from ``period`` (readings per day) when given; periods above
-``max_period`` readings are not used, which bounds the state.
+``max_period`` readings are not used, which bounds the state (under 32 KB).
 
 Score range: [0, ``max_surprise``] decimal digits, calibrated with ``surprise``.
 
@@ -63,9 +67,8 @@ from operators.events import BoolArray, FloatArray, IntArray
 
 FLAGGED_CHOICES = ("learn", "skip", "clip")
 # What scoring a stretch changes; every one is rebound, never mutated in place.
-_MUTABLE = ("count", "_values", "_dists", "_history", "_skips", "_bar")
+_MUTABLE = ("count", "_values", "_dists", "_resids", "_history", "_skips", "_bar")
 LOG10_2 = math.log10(2.0)
-NEWSKIP = False
 
 
 class TailModel:
@@ -178,7 +181,7 @@ class ContextSurprise(RefreshingDetector):
         period: int | None = None,
         jitter: int = 20,
         max_period: int = 1440,
-        refresh: int = 64,
+        refresh: int = 128,
         decay: float = 0.02,
         damping: float = 0.1,
         flagged: str = "skip",
@@ -226,17 +229,20 @@ class ContextSurprise(RefreshingDetector):
             self._set_period(period)
         self._values = np.empty(0, dtype=np.float64)  # learned values, oldest first
         self._dists = np.empty(0, dtype=np.float64)  # novelty distances, oldest first
-        self._history = np.empty(0, dtype=np.float64)  # every reading, for the context
-        self._fitted = (0, 0)  # how many values / distances the current models cover
+        self._resids = np.empty(0, dtype=np.float64)  # seasonal residuals, oldest first
+        # Every reading, for the context; float32 halves the longest part of the state.
+        self._history = np.empty(0, dtype=np.float32)
+        self._fitted = (0, 0, 0)  # how many values / distances / residuals the models cover
         self._skips = 0
         self._bar = -math.inf  # refractory bar plus decay * reading index
         self._value_model: TailModel | None = None
         self._dist_model: TailModel | None = None
+        self._resid_model: TailModel | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # The models are rebuilt on load from the windows they were fitted on.
-        del state["_value_model"], state["_dist_model"]
+        del state["_value_model"], state["_dist_model"], state["_resid_model"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -259,20 +265,26 @@ class ContextSurprise(RefreshingDetector):
             self._set_period(round(self.season_s / float(np.median(self._intervals))))
 
     def _fit_models(self) -> None:
-        nv, nd = self._fitted
-        values, dists = self._values[:nv], self._dists[:nd]
-        ok = nv >= self.min_history
-        self._value_model = TailModel(values, self.tail, self.xi_max) if ok else None
-        ok = nd >= self.min_history
-        self._dist_model = TailModel(dists, self.tail, self.xi_max) if ok else None
+        samples = (self._values, self._dists, self._resids)
+        self._value_model, self._dist_model, self._resid_model = (
+            TailModel(sample[:n], self.tail, self.xi_max) if n >= self.min_history else None
+            for sample, n in zip(samples, self._fitted, strict=True)
+        )
 
     def _next_refresh(self) -> int:
+        if self.count < self.refresh:
+            # Warming up: refit at min_history, then each time the history doubles.
+            due = self.min_history
+            while due <= self.count:
+                due *= 2
+            return min(due, self.refresh)
         return (self.count // self.refresh + 1) * self.refresh
 
     def _refresh(self) -> None:
         self._values = self._values[-self.window :]
         self._dists = self._dists[-self.window :]
-        self._fitted = (len(self._values), len(self._dists))
+        self._resids = self._resids[-self.window :]
+        self._fitted = (len(self._values), len(self._dists), len(self._resids))
         self._fit_models()
 
     def _lags(self) -> IntArray:
@@ -284,27 +296,42 @@ class ContextSurprise(RefreshingDetector):
             )
         return lags
 
-    def _distances(self, xs: FloatArray) -> FloatArray:
-        """Distance of each value to its nearest context value (NaN: no context yet)."""
+    def _context(self, xs: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Per value: distance to its nearest context value, and its seasonal residual.
+
+        The residual is the value minus the median of the readings around the
+        same time of the previous day. NaN where there is no such context yet.
+        """
         lags = self._lags()
-        ext = np.concatenate((self._history, xs))
+        # Values are compared at the precision the history keeps them in.
+        xs32 = xs.astype(np.float32).astype(np.float64)
+        ext = np.concatenate((self._history.astype(np.float64), xs32))
         pos = len(self._history) + np.arange(len(xs))
         idx = pos[:, None] - lags[None, :]
         refs = np.where(idx >= 0, ext[np.maximum(idx, 0)], np.nan)
-        gaps = np.abs(xs[:, None] - refs)
+        gaps = np.abs(xs32[:, None] - refs)
         gaps[np.isnan(gaps)] = np.inf
-        out: FloatArray = gaps.min(axis=1)
-        out[np.isinf(out)] = np.nan
+        dists: FloatArray = gaps.min(axis=1)
+        dists[np.isinf(dists)] = np.nan
+        resids = np.full(len(xs), np.nan)
+        if self.period:
+            day = refs[:, lags >= self.period - self.jitter]
+            full = ~np.isnan(day).any(axis=1)
+            if full.any():
+                resids[full] = xs32[full] - np.median(day[full], axis=1)
         keep = int(lags[-1])
-        self._history = ext[-keep:]
-        return out
+        self._history = ext[-keep:].astype(np.float32)
+        return dists, resids
 
-    def _rarity(self, xs: FloatArray) -> FloatArray:
-        model = self._value_model
-        if model is None:
-            return np.zeros(len(xs))
-        lp = np.minimum(model.log10_upper(xs), model.log10_lower(xs))
-        return -(LOG10_2 + lp)
+    @staticmethod
+    def _two_sided(model: TailModel | None, xs: FloatArray) -> FloatArray:
+        """Two-sided tail surprise of ``xs`` (0 where NaN or without a model)."""
+        out = np.zeros(len(xs))
+        ok = np.isfinite(xs)
+        if model is not None and ok.any():
+            lp = np.minimum(model.log10_upper(xs[ok]), model.log10_lower(xs[ok]))
+            out[ok] = -(LOG10_2 + lp)
+        return out
 
     def _newness(self, ds: FloatArray) -> FloatArray:
         model = self._dist_model
@@ -345,10 +372,12 @@ class ContextSurprise(RefreshingDetector):
         n = len(xs)
         finite = np.isfinite(xs)
         safe = np.where(finite, xs, 0.0)
-        dists = self._distances(np.where(finite, xs, np.nan))
-        rare = self._rarity(safe)
+        dists, resids = self._context(np.where(finite, xs, np.nan))
+        rare = self._two_sided(self._value_model, safe)
+        # Rare for the time of day counts too (a dip at the busiest hour).
+        seasonal_rare = self._two_sided(self._resid_model, resids)
         new = self._newness(dists)
-        total = np.clip(np.minimum(rare, new), 0.0, self.max_surprise)
+        total = np.clip(np.minimum(np.maximum(rare, seasonal_rare), new), 0.0, self.max_surprise)
         total[~finite] = self.max_surprise
         # Refractory period: damped unless above the decaying bar of earlier surprises.
         index = self.count + np.arange(n, dtype=np.float64)
@@ -367,8 +396,7 @@ class ContextSurprise(RefreshingDetector):
                 learn | clipped
             ]
         self._values = np.concatenate((self._values, learned))
-        # A flagged value's distance is not ordinary either.
-        keep = np.isfinite(dists) & (learn | ~finite) if NEWSKIP else np.isfinite(dists)
-        self._dists = np.concatenate((self._dists, dists[keep]))
+        self._dists = np.concatenate((self._dists, dists[np.isfinite(dists)]))
+        self._resids = np.concatenate((self._resids, resids[np.isfinite(resids)]))
         self.count += n
         return out
