@@ -14,7 +14,6 @@ README).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +24,14 @@ from generators.metrics import MetricSimConfig
 from generators.source import SimulatorSource
 from operators import steps
 from operators.alerting import AlertPolicy
-from operators.config import ConfigError, Env, configure_logging
+from operators.config import Env, configure_logging
 from operators.detectors.iforest import IsolationForest
 from operators.events import RawBatch
 from operators.flowkit import (
     FEATURES,
     KafkaConfig,
     Sinks,
+    check_settings,
     default_sinks,
     detect_from_env,
     kafka_source,
@@ -41,8 +41,6 @@ from operators.flowkit import (
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
 from operators.serde import METRICS
 from operators.sinks.rerun import RerunConfig, ViewLabels, default_recording_id
-
-logger = logging.getLogger(__name__)
 
 FLOW_NAME = "metrics"
 APPLICATION_ID = "vigil-metrics"
@@ -160,13 +158,7 @@ class Config:
             rerun=rerun,
             log_level=env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"]),
         )
-        if cfg.fixed_hi <= cfg.fixed_lo:
-            msg = f"VIGIL_FIXED_HI: expected > VIGIL_FIXED_LO={cfg.fixed_lo}, got {cfg.fixed_hi}"
-            raise ConfigError(msg)
-        if cfg.sim_rate < 0:
-            raise ConfigError(f"VIGIL_SIM_RATE: expected >= 0 events/s, got {cfg.sim_rate}")
-        for name in env.unknown():
-            logger.warning("ignoring %s: not a setting of the %s flow", name, FLOW_NAME)
+        check_settings(env, FLOW_NAME, cfg.fixed_lo, cfg.fixed_hi, cfg.sim_rate)
         return cfg
 
 

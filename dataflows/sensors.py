@@ -10,7 +10,6 @@ the README).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +20,13 @@ from generators.sensors import SensorSimConfig
 from generators.source import SimulatorSource
 from operators import steps
 from operators.alerting import AlertPolicy
-from operators.config import ConfigError, Env, configure_logging
+from operators.config import Env, configure_logging
 from operators.detectors import DENSE_ANOMALY_DETECTOR
 from operators.events import RawBatch
 from operators.flowkit import (
     KafkaConfig,
     Sinks,
+    check_settings,
     default_sinks,
     detect_from_env,
     kafka_source,
@@ -36,8 +36,6 @@ from operators.flowkit import (
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
 from operators.serde import SENSORS
 from operators.sinks.rerun import RerunConfig
-
-logger = logging.getLogger(__name__)
 
 #: This flow's value detector unless ``VIGIL_DETECTOR`` says otherwise. The
 #: project default (``context``) is built for rare anomalies; the warehouse
@@ -146,13 +144,7 @@ class Config:
             rerun=rerun,
             log_level=env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"]),
         )
-        if cfg.fixed_hi <= cfg.fixed_lo:
-            msg = f"VIGIL_FIXED_HI: expected > VIGIL_FIXED_LO={cfg.fixed_lo}, got {cfg.fixed_hi}"
-            raise ConfigError(msg)
-        if cfg.sim_rate < 0:
-            raise ConfigError(f"VIGIL_SIM_RATE: expected >= 0 events/s, got {cfg.sim_rate}")
-        for name in env.unknown():
-            logger.warning("ignoring %s: not a setting of the %s flow", name, FLOW_NAME)
+        check_settings(env, FLOW_NAME, cfg.fixed_lo, cfg.fixed_hi, cfg.sim_rate)
         return cfg
 
 

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +45,8 @@ from operators.sinks.files import JsonlSink
 from operators.sinks.kafka import KafkaBytesSink
 from operators.sinks.rerun import RerunConfig, RerunSink
 from operators.sources.kafka import KafkaBatchSource
+
+logger = logging.getLogger(__name__)
 
 Message = tuple[bytes | None, bytes]
 FEATURES = ("value", "stuck", "gap")
@@ -160,6 +163,30 @@ def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.Detec
         gap="gap" in chosen,
         options=tuple(sorted(options.items())),
     )
+
+
+def check_settings(
+    env: Env, flow_name: str, fixed_lo: float, fixed_hi: float, sim_rate: float
+) -> None:
+    """The checks every flow's settings share; warns of ``VIGIL_*`` variables no setting read.
+
+    Raises:
+        ConfigError: naming the variable at fault.
+
+    Example:
+        >>> check_settings(Env({}), "sensors", 21.0, 20.0, 0.0)
+        Traceback (most recent call last):
+        ...
+        operators.config.ConfigError: VIGIL_FIXED_HI: expected > VIGIL_FIXED_LO=21.0, got 20.0
+
+    """
+    if fixed_hi <= fixed_lo:
+        msg = f"VIGIL_FIXED_HI: expected > VIGIL_FIXED_LO={fixed_lo}, got {fixed_hi}"
+        raise ConfigError(msg)
+    if sim_rate < 0:
+        raise ConfigError(f"VIGIL_SIM_RATE: expected >= 0 events/s, got {sim_rate}")
+    for name in env.unknown():
+        logger.warning("ignoring %s: not a setting of the %s flow", name, flow_name)
 
 
 def kafka_source(kafka: KafkaConfig, batch_size: int) -> KafkaBatchSource:

@@ -45,3 +45,9 @@ def test_make_detector_passes_options() -> None:
     assert isinstance(tail, TailSurprise)
     assert tail.window == 50
     assert DetectConfig("tail", options=(("window", 50),)).options == (("window", 50),)
+
+
+def test_an_unknown_variable_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        Config.from_env(Env({"VIGIL_DETECTR": "tail"}))
+    assert "ignoring VIGIL_DETECTR: not a setting of the sensors flow" in caplog.text
