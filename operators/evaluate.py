@@ -49,12 +49,12 @@ from typing import IO
 import numpy as np
 
 from operators.alerting import AlertPolicy, AlertState, apply_policy
-from operators.detectors import DEFAULT_DETECTOR, DETECTORS, make_detector
+from operators.detectors import DEFAULT_DETECTOR, DETECTORS
 from operators.evaluation import evaluate
 from operators.events import BoolArray, SeriesBatch
 from operators.nabscore import NabTally, tally_series, windows_from_labels, windows_from_times
 from operators.normalize import NORMALIZERS, make_normalizer
-from operators.score import parse_option
+from operators.score import detector_options
 from operators.serde import METRICS, SENSORS, DecodeError, WireFormat, decode_fields, parse_ts_ms
 from operators.steps import DetectConfig, detect_batch, new_detect_state
 
@@ -264,8 +264,7 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
             print(f"vigil-evaluate: {exc}", file=sys.stderr)
             return 2
     try:
-        options = dict(parse_option(o) for o in args.option)
-        make_detector(args.detector, options)
+        options = detector_options(args.detector, args.option)
     except ValueError as exc:
         print(f"vigil-evaluate: --option: {exc}", file=sys.stderr)
         return 2

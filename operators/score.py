@@ -70,7 +70,7 @@ def nab_factory(
         else:
             ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
             if last:
-                det.observe_interval((ts - last[0]).total_seconds())
+                det.observe_intervals(np.array([(ts - last[0]).total_seconds()]))
             last[:] = [ts]
         raw = det.score_learn_many(np.array([value], dtype=np.float64))
         return float(calibrate(det.calibrator, raw)[0])
@@ -97,6 +97,18 @@ def parse_option(text: str) -> tuple[str, Any]:
         return name.strip(), json.loads(value)
     except json.JSONDecodeError:
         return name.strip(), value
+
+
+def detector_options(detector: str, texts: list[str]) -> dict[str, Any]:
+    """The ``--option NAME=VALUE`` texts as constructor options, checked on ``detector``.
+
+    Raises:
+        ValueError: for a malformed option, or options the detector does not take or accept.
+
+    """
+    options = dict(parse_option(text) for text in texts)
+    make_detector(detector, options)
+    return options
 
 
 def _parse_value(line: str) -> float:
@@ -182,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        options = dict(parse_option(o) for o in args.option)
-        make_detector(args.detector, options)
+        options = detector_options(args.detector, args.option)
     except ValueError as exc:
         parser.error(str(exc))
     score_stream(args.detector, sys.stdin, sys.stdout, sys.stderr, options)

@@ -232,8 +232,7 @@ def detect_batch(cfg: DetectConfig, state: DetectState, batch: SeriesBatch) -> D
     intervals = np.diff(np.concatenate(([start], batch.ts_ms))) / 1000.0
     # The first reading of a series has no interval to judge.
     first = 1 if state.last_ts_ms is None else 0
-    for seconds in intervals[first:].tolist():
-        state.value.observe_interval(seconds)
+    state.value.observe_intervals(intervals[first:])
     raw_scores = state.value.score_learn_many(batch.normalized)
     columns = [calibrate(state.value.calibrator, raw_scores)]
     details = [raw_scores]

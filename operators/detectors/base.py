@@ -50,11 +50,11 @@ class Detector(ABC):
     def learn_one(self, x: float) -> None:
         """Fold ``x`` into the model."""
 
-    def observe_interval(self, seconds: float) -> None:
-        """Be told the event-time spacing before the next value (seasonal detectors use it).
+    def observe_intervals(self, seconds: FloatArray) -> None:
+        """Be told the event-time spacing of the next values (seasonal detectors use it).
 
-        Called with the seconds since the previous reading, before that reading
-        is scored; detectors that ignore time keep this no-op.
+        Called with the seconds between consecutive readings, before those
+        readings are scored; detectors that ignore time keep this no-op.
         """
         del seconds  # a time-free detector has no use for the spacing
 

@@ -37,7 +37,7 @@ Between refreshes a whole stretch is scored at once in numpy: the batch form
 gives exactly the per-event numbers, at a few hundred thousand readings per
 second.
 
-The daily period comes from the readings' spacing (:meth:`observe_interval`),
+The daily period comes from the readings' spacing (:meth:`observe_intervals`),
 or from ``period`` (readings per day) when given; periods above
 ``max_period`` readings are not used, which bounds the state (under 32 KB).
 
@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from operators.detectors.base import RefreshingDetector
+from operators.detectors.tail import gpd_moments
 from operators.events import BoolArray, FloatArray, IntArray
 
 FLAGGED_CHOICES = ("learn", "skip", "clip")
@@ -102,12 +103,9 @@ class TailModel:
     def _fit(excess: FloatArray, edge: float, xi_max: float) -> tuple[float, float, float]:
         """Method-of-moments generalised Pareto shape and scale of the excesses."""
         mean = float(excess.mean())
-        var = float(excess.var(ddof=1))
         if mean <= 0.0:
             return edge, 0.0, 0.0
-        xi = 0.5 * (1.0 - mean * mean / var) if var > 0.0 else 0.0
-        xi = min(max(xi, 0.0), xi_max)
-        return edge, xi, mean * (1.0 - xi)
+        return edge, *gpd_moments(mean, float(excess.var(ddof=1)), 0.0, xi_max)
 
     def _gpd(self, d: FloatArray, xi: float, sigma: float) -> FloatArray:
         """``log10 P(excess > d)`` under the fitted tail, ``d > 0``."""
@@ -252,15 +250,16 @@ class ContextSurprise(RefreshingDetector):
     def _set_period(self, period: int) -> None:
         self.period = period if 2 * self.jitter < period <= self.max_period else 0
 
-    def observe_interval(self, seconds: float) -> None:
+    def observe_intervals(self, seconds: FloatArray) -> None:
         """Learn the daily period from the spacing of the first readings.
 
         The median of the first eight positive intervals fixes the period
         (``season_s`` divided by it); later intervals are ignored.
         """
-        if self.period or len(self._intervals) >= 8 or not seconds > 0.0:
+        if self.period or len(self._intervals) >= 8:
             return
-        self._intervals.append(float(seconds))
+        positive = seconds[seconds > 0.0][: 8 - len(self._intervals)]
+        self._intervals.extend(positive.tolist())
         if len(self._intervals) == 8:
             self._set_period(round(self.season_s / float(np.median(self._intervals))))
 
@@ -324,21 +323,16 @@ class ContextSurprise(RefreshingDetector):
         return dists, resids
 
     @staticmethod
-    def _two_sided(model: TailModel | None, xs: FloatArray) -> FloatArray:
-        """Two-sided tail surprise of ``xs`` (0 where NaN or without a model)."""
+    def _surprise(model: TailModel | None, xs: FloatArray, two_sided: bool) -> FloatArray:
+        """Tail surprise of ``xs``, upper side or two-sided (0 where NaN or without a model)."""
         out = np.zeros(len(xs))
         ok = np.isfinite(xs)
         if model is not None and ok.any():
-            lp = np.minimum(model.log10_upper(xs[ok]), model.log10_lower(xs[ok]))
-            out[ok] = -(LOG10_2 + lp)
-        return out
-
-    def _newness(self, ds: FloatArray) -> FloatArray:
-        model = self._dist_model
-        out = np.zeros(len(ds))
-        ok = np.isfinite(ds)
-        if model is not None and ok.any():
-            out[ok] = -model.log10_upper(ds[ok])
+            if two_sided:
+                lp = np.minimum(model.log10_upper(xs[ok]), model.log10_lower(xs[ok]))
+                out[ok] = -(LOG10_2 + lp)
+            else:
+                out[ok] = -model.log10_upper(xs[ok])
         return out
 
     def _learn_mask(self, rare: FloatArray, finite: BoolArray) -> BoolArray:
@@ -373,10 +367,10 @@ class ContextSurprise(RefreshingDetector):
         finite = np.isfinite(xs)
         safe = np.where(finite, xs, 0.0)
         dists, resids = self._context(np.where(finite, xs, np.nan))
-        rare = self._two_sided(self._value_model, safe)
+        rare = self._surprise(self._value_model, safe, two_sided=True)
         # Rare for the time of day counts too (a dip at the busiest hour).
-        seasonal_rare = self._two_sided(self._resid_model, resids)
-        new = self._newness(dists)
+        seasonal_rare = self._surprise(self._resid_model, resids, two_sided=True)
+        new = self._surprise(self._dist_model, dists, two_sided=False)
         total = np.clip(np.minimum(np.maximum(rare, seasonal_rare), new), 0.0, self.max_surprise)
         total[~finite] = self.max_surprise
         # Refractory period: damped unless above the decaying bar of earlier surprises.

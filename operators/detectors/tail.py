@@ -48,6 +48,22 @@ from operators.events import FloatArray
 LOG10_2 = math.log10(2.0)
 
 
+def gpd_moments(mean: float, var: float, xi_min: float, xi_max: float) -> tuple[float, float]:
+    """Method-of-moments generalised Pareto shape and scale from the excesses' mean and variance.
+
+    The shape is clipped to ``[xi_min, xi_max]`` (``xi_min`` when the excesses
+    have no spread) and the scale matches the mean excess.
+
+    Example:
+        >>> gpd_moments(2.0, 8.0, 0.0, 0.9)
+        (0.25, 1.5)
+
+    """
+    xi = 0.5 * (1.0 - mean * mean / var) if var > 0.0 else xi_min
+    xi = min(max(xi, xi_min), xi_max)
+    return xi, mean * (1.0 - xi)
+
+
 def gpd_log10_tail(excesses: list[float], d: float, xi_min: float, xi_max: float) -> float:
     """``log10 P(Y > d)`` for a generalised Pareto ``Y`` fitted to ``excesses``.
 
@@ -71,9 +87,7 @@ def gpd_log10_tail(excesses: list[float], d: float, xi_min: float, xi_max: float
     var = sum((y - mean) * (y - mean) for y in excesses) / (k - 1)
     if mean <= 0.0:
         return -math.inf
-    xi = 0.5 * (1.0 - mean * mean / var) if var > 0.0 else xi_min
-    xi = min(max(xi, xi_min), xi_max)
-    sigma = mean * (1.0 - xi)
+    xi, sigma = gpd_moments(mean, var, xi_min, xi_max)
     if abs(xi) < 1e-9:
         return -d / sigma / math.log(10.0)
     base = 1.0 + xi * d / sigma

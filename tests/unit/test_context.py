@@ -18,13 +18,13 @@ def noise(n: int, seed: int = 0) -> np.ndarray:
 
 def test_period_comes_from_the_spacing_of_the_first_readings() -> None:
     d = ContextSurprise()
-    for _ in range(8):
-        d.observe_interval(300.0)
-    d.observe_interval(1.0)  # later spacing is ignored
+    d.observe_intervals(np.array([300.0, 0.0, 300.0]))  # a zero spacing says nothing
+    d.observe_intervals(np.full(5, 300.0))
+    assert d.period == 0  # seven intervals so far
+    d.observe_intervals(np.array([300.0, 1.0]))  # the eighth fixes it; later ones are ignored
     assert d.period == 288
     too_long = ContextSurprise()
-    for _ in range(8):
-        too_long.observe_interval(1.0)  # 86400 readings a day: above max_period
+    too_long.observe_intervals(np.ones(8))  # 86400 readings a day: above max_period
     assert too_long.period == 0
     assert ContextSurprise(period=96).period == 96
 
