@@ -104,9 +104,14 @@ def _reason(det: DetectedBatch, i: int, recent: FloatArray) -> str:
         expected = f"{where} the recent range {lo:.2f}..{hi:.2f}"
     else:
         expected = "with no ordinary history yet"
+    why = ""
+    if det.parts:
+        # Each part in the detector's own units, so a reader sees which one was high.
+        why = "; parts: " + ", ".join(f"{name} {float(v[i]):.2f}" for name, v in det.parts.items())
     return (
         f"value: {value:.2f} {expected} "
         f"({det.detector} score {float(det.raw_scores[i]):.3g}, p={1.0 - float(det.scores[i]):.1e})"
+        f"{why}"
     )
 
 

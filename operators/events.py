@@ -197,6 +197,8 @@ class DetectedBatch:
         detector: Name of the value detector.
         details: Per-reading detail of the winning feature (for example the
             length of a run of identical values, or a gap in seconds).
+        parts: The value detector's named parts behind each raw score
+            (:meth:`operators.detectors.base.Detector.explain`), for reasons.
 
     """
 
@@ -207,6 +209,7 @@ class DetectedBatch:
     feature_names: tuple[str, ...]
     detector: str
     details: FloatArray
+    parts: dict[str, FloatArray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.scores)

@@ -259,6 +259,7 @@ def detect_batch(cfg: DetectConfig, state: DetectState, batch: SeriesBatch) -> D
         feature_names=cfg.feature_names(),
         detector=cfg.detector,
         details=np.vstack(details)[features, cols],
+        parts=state.value.explain(),
     )
 
 

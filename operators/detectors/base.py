@@ -58,6 +58,15 @@ class Detector(ABC):
         """
         del seconds  # a time-free detector has no use for the spacing
 
+    def explain(self) -> dict[str, FloatArray]:
+        """The parts behind each score of the last :meth:`score_learn_many` call.
+
+        Alert reasons name the part that fired (for example the ``context``
+        detector's rarity and novelty surprises). Detectors whose score is one
+        quantity return ``{}``.
+        """
+        return {}
+
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
         """Score then learn each value of ``xs`` in order; the batch form.
 

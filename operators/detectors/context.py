@@ -68,7 +68,9 @@ from operators.events import BoolArray, FloatArray, IntArray
 
 FLAGGED_CHOICES = ("learn", "skip", "clip")
 # What scoring a stretch changes; every one is rebound, never mutated in place.
-_MUTABLE = ("count", "_values", "_dists", "_resids", "_history", "_skips", "_bar")
+_MUTABLE = ("count", "_values", "_dists", "_resids", "_history", "_skips", "_bar", "_parts")
+#: Names of the surprises :meth:`ContextSurprise.explain` reports, in digits.
+PARTS = ("rare", "rare for the time of day", "new")
 LOG10_2 = math.log10(2.0)
 
 
@@ -236,15 +238,17 @@ class ContextSurprise(RefreshingDetector):
         self._value_model: TailModel | None = None
         self._dist_model: TailModel | None = None
         self._resid_model: TailModel | None = None
+        self._parts: tuple[FloatArray, ...] = ()  # per stretch of the last batch, for explain()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # The models are rebuilt on load from the windows they were fitted on.
-        del state["_value_model"], state["_dist_model"], state["_resid_model"]
+        del state["_value_model"], state["_dist_model"], state["_resid_model"], state["_parts"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._parts = ()
         self._fit_models()
 
     def _set_period(self, period: int) -> None:
@@ -354,6 +358,17 @@ class ContextSurprise(RefreshingDetector):
             self._skips = 0
         return learn
 
+    def score_learn_many(self, xs: FloatArray) -> FloatArray:
+        """Score then learn each value (vectorised between refreshes); see :meth:`explain`."""
+        self._parts = ()
+        return super().score_learn_many(xs)
+
+    def explain(self) -> dict[str, FloatArray]:
+        """Rarity of the value, rarity for the time of day and novelty, per reading (digits)."""
+        if not self._parts:
+            return {}
+        return dict(zip(PARTS, np.hstack(self._parts), strict=True))
+
     def score_one(self, x: float) -> float:
         """Surprise of ``x`` in its context, without learning it."""
         saved = {k: self.__dict__[k] for k in _MUTABLE}
@@ -372,6 +387,8 @@ class ContextSurprise(RefreshingDetector):
         seasonal_rare = self._surprise(self._resid_model, resids, two_sided=True)
         new = self._surprise(self._dist_model, dists, two_sided=False)
         total = np.clip(np.minimum(np.maximum(rare, seasonal_rare), new), 0.0, self.max_surprise)
+        parts = np.vstack((rare, seasonal_rare, new))
+        self._parts = (*self._parts, np.minimum(parts, self.max_surprise))
         total[~finite] = self.max_surprise
         # Refractory period: damped unless above the decaying bar of earlier surprises.
         index = self.count + np.arange(n, dtype=np.float64)

@@ -71,6 +71,22 @@ def test_reasons_name_the_feature() -> None:
     assert out.alerts[1].reason.startswith("gap: no readings for 5 s")
 
 
+def test_reasons_carry_the_detector_parts() -> None:
+    det = detected([0.1, 1.0])
+    det = DetectedBatch(
+        det.batch,
+        det.raw_scores,
+        det.scores,
+        det.features,
+        det.feature_names,
+        "context",
+        det.details,
+        {"rare": np.array([0.1, 6.5]), "new": np.array([0.2, 4.25])},
+    )
+    out = apply_policy(AlertPolicy(cooldown_s=0), AlertState(), det)
+    assert out.alerts[0].reason.endswith("; parts: rare 6.50, new 4.25")
+
+
 def test_state_pickles_and_policy_validates() -> None:
     state = AlertState()
     apply_policy(AlertPolicy(), state, detected([0.1, 1.0]))

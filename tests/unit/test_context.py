@@ -114,3 +114,18 @@ def test_bad_settings_say_what_was_expected() -> None:
         ContextSurprise(flagged="ignore")
     with pytest.raises(ValueError, match="min_history"):
         ContextSurprise(window=10, min_history=30)
+
+
+def test_explain_gives_the_parts_of_the_last_batch_only() -> None:
+    d = ContextSurprise()
+    d.score_learn_many(noise(2000))
+    scores = d.score_learn_many(np.array([10.0, 30.0]))
+    parts = d.explain()
+    assert list(parts) == ["rare", "rare for the time of day", "new"]
+    assert parts["rare"][1] > 5.0  # far out...
+    assert parts["new"][1] > 5.0  # ...and unlike anything seen
+    assert parts["rare"][0] < 1.0
+    # The score is the smaller of the rarities' larger one and the novelty.
+    rarity = np.maximum(parts["rare"], parts["rare for the time of day"])
+    assert scores[1] == pytest.approx(min(rarity[1], parts["new"][1]))
+    assert pickle.loads(pickle.dumps(d)).explain() == {}  # not part of the state
