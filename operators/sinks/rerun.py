@@ -61,6 +61,7 @@ __all__ = [
     "RerunSink",
     "ViewLabels",
     "default_recording_id",
+    "open_stream",
     "sensor_index",
     "view_blueprint",
 ]
@@ -87,6 +88,22 @@ _AGGREGATION = rr.components.AggregationPolicy.MinMax
 _MS_PER_DAY = 86_400_000
 _SCALARS = rr.Scalars.descriptor_scalars()
 _POSITIONS = rr.Points3D.descriptor_positions()
+
+
+def open_stream(
+    cfg: RerunConfig, worker_index: int, worker_count: int
+) -> tuple[rr.RecordingStream, str]:
+    """A worker's recording stream, pointed where ``cfg`` says, and where that is."""
+    rec = rr.RecordingStream(cfg.application_id, recording_id=cfg.recording_id)
+    if cfg.mode == "rrd":
+        path = worker_path(cfg.path, worker_index, worker_count)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rec.save(path)
+        return rec, str(path)
+    if cfg.mode in ("spawn", "serve"):
+        ensure_viewer(cfg, start=worker_index == 0)
+    rec.connect_grpc(cfg.grpc_url)
+    return rec, cfg.web_url if cfg.mode == "serve" else cfg.grpc_url
 
 
 def sensor_index(series: str) -> int:
@@ -179,8 +196,7 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         self, cfg: RerunConfig, step_id: str, worker_index: int, worker_count: int
     ) -> None:
         self._cfg = cfg
-        self._rec = rr.RecordingStream(cfg.application_id, recording_id=cfg.recording_id)
-        self._dest = self._attach(worker_index, worker_count)
+        self._rec, self._dest = open_stream(cfg, worker_index, worker_count)
         labels = cfg.labels
         if worker_index == 0:
             self._rec.send_blueprint(view_blueprint(labels), make_active=True, make_default=True)
@@ -191,18 +207,6 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         self._readings = 0
         self._alerts = 0
         logger.info("%s: worker %d logs to %s", step_id, worker_index, self._dest)
-
-    def _attach(self, worker_index: int, worker_count: int) -> str:
-        cfg = self._cfg
-        if cfg.mode == "rrd":
-            path = worker_path(cfg.path, worker_index, worker_count)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._rec.save(path)
-            return str(path)
-        if cfg.mode in ("spawn", "serve"):
-            ensure_viewer(cfg, start=worker_index == 0)
-        self._rec.connect_grpc(cfg.grpc_url)
-        return cfg.web_url if cfg.mode == "serve" else cfg.grpc_url
 
     def write_batch(self, items: list[ScoredBatch]) -> None:
         groups: dict[str, list[ScoredBatch]] = {}
