@@ -6,6 +6,8 @@ Examples::
     vigil-generate sensors --preset original --count 1000 --out readings.jsonl
     vigil-generate metrics --bootstrap localhost:9092 --shape trend --series 5
     python -m generators.cli sensors --count 10          # JSON lines on stdout
+    vigil-generate frames --bootstrap localhost:9092 --rate 2
+    vigil-generate frames --fields m13 --targets M13 --out frames/   # FITS files, truth.jsonl
 
 Every simulator setting has an option (``--spike-prob``, ``--drift-len 60,300``,
 ...; see ``vigil-generate sensors --help`` and ``vigil-generate metrics
@@ -35,10 +37,11 @@ from typing import IO, Any
 
 import orjson
 
-from generators import metrics, sensors
+from generators import frames_cli, metrics, sensors, telescope
 from generators.metrics import MetricSimConfig
 from generators.sensors import SensorSimConfig
 from generators.simkit import SimConfigError
+from generators.telescope import TelescopeSimConfig
 
 DESCRIPTION = "Produce simulated, labelled readings to Kafka or to JSON lines."
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -148,7 +151,11 @@ def _add_sim_options(
         )
 
 
-def _add_output_options(parser: argparse.ArgumentParser, topic: str) -> None:
+def _add_output_options(
+    parser: argparse.ArgumentParser,
+    topic: str,
+    out_help: str = "JSON-lines file when no --bootstrap (default stdout)",
+) -> None:
     out = parser.add_argument_group("output")
     out.add_argument(
         "--bootstrap", help="Kafka bootstrap HOST:PORT[,HOST:PORT] (default: no Kafka)"
@@ -168,9 +175,7 @@ def _add_output_options(parser: argparse.ArgumentParser, topic: str) -> None:
         default=60.0,
         help="seconds to wait for deliveries at the end",
     )
-    out.add_argument(
-        "--out", type=Path, help="JSON-lines file when no --bootstrap (default stdout)"
-    )
+    out.add_argument("--out", type=Path, help=out_help)
     out.add_argument("--rate", type=float, default=0.0, help="events per second (0: unpaced)")
     out.add_argument(
         "--progress-interval",
@@ -181,7 +186,7 @@ def _add_output_options(parser: argparse.ArgumentParser, topic: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser (subcommands ``sensors`` and ``metrics``)."""
+    """The command-line parser (subcommands ``sensors``, ``metrics`` and ``frames``)."""
     parser = argparse.ArgumentParser(prog="vigil-generate", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     sensor_cmd = sub.add_parser("sensors", help="warehouse temperature sensors")
@@ -198,19 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(metric_cmd, "raw-data")
     helps = {**_HELP, **metrics.SETTING_HELP}
     _add_sim_options(metric_cmd, MetricSimConfig(), helps, "simulator settings")
+    frame_cmd = sub.add_parser("frames", help="telescope frames: 16-bit images, headers, truth")
+    _add_output_options(frame_cmd, "frames", frames_cli.OUT_HELP)
+    frames_cli.add_options(frame_cmd)
+    helps = {**_HELP, **telescope.SETTING_HELP}
+    _add_sim_options(frame_cmd, TelescopeSimConfig(), helps, "simulator settings")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> SensorSimConfig | MetricSimConfig:
+def config_from_args(
+    args: argparse.Namespace,
+) -> SensorSimConfig | MetricSimConfig | TelescopeSimConfig:
     """The simulator settings of the subcommand: defaults (or preset), then every option given.
 
     Raises:
         SimConfigError: when the settings are invalid.
 
     """
-    base: SensorSimConfig | MetricSimConfig
+    base: SensorSimConfig | MetricSimConfig | TelescopeSimConfig
     if args.command == "metrics":
         base = MetricSimConfig()
+    elif args.command == "frames":
+        base = TelescopeSimConfig()
     else:
         base = SensorSimConfig.original() if args.preset == "original" else SensorSimConfig()
     given = {f.name: getattr(args, f.name) for f in fields(base)}
@@ -219,8 +233,12 @@ def config_from_args(args: argparse.Namespace) -> SensorSimConfig | MetricSimCon
     return cfg
 
 
-def iter_messages(cfg: SensorSimConfig | MetricSimConfig) -> Iterator[tuple[bytes, bytes]]:
-    """The messages of either simulator."""
+def iter_messages(
+    cfg: SensorSimConfig | MetricSimConfig | TelescopeSimConfig,
+) -> Iterator[tuple[bytes, bytes]]:
+    """The messages of any simulator (frames as PNG)."""
+    if isinstance(cfg, TelescopeSimConfig):
+        return telescope.iter_messages(cfg)
     if isinstance(cfg, MetricSimConfig):
         return metrics.iter_messages(cfg)
     return sensors.iter_messages(cfg)
@@ -248,6 +266,11 @@ class _Progress:
             f"sent {self.sent} delivered {self.delivered} failed {self.failed} "
             f"rate {rate:.0f}/s elapsed {elapsed:.1f}s"
         )
+
+    def count(self) -> None:
+        self.sent += 1
+        self.delivered = self.sent
+        self.tick()
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -373,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate < 0:
         parser.error(f"--rate: expected >= 0 events/s, got {args.rate}")
     progress = _Progress(args.progress_interval, sys.stderr)
+    if isinstance(cfg, TelescopeSimConfig):
+        if problem := frames_cli.check(args):
+            parser.error(problem)
+        code = frames_cli.run(cfg, args, lambda m: _produce(m, args, progress), progress.count)
+        print(f"done: {progress.line()}", file=sys.stderr)
+        return code
     messages = iter_messages(cfg)
     if args.bootstrap:
         code = _produce(messages, args, progress)
