@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from operators.detectors import DEFAULT_DETECTOR, make_detector  # noqa: E402
+from operators.score import detector_options  # noqa: E402
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 
@@ -80,13 +81,13 @@ def read_series(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return values, seconds
 
 
-def speed_and_size(detector: str, data: Path) -> dict:
+def speed_and_size(detector: str, data: Path, options: dict | None = None) -> dict:
     files = sorted(data.rglob("*.csv"))
     series = [read_series(f) for f in files]
     sizes = []
     seconds = 0.0
     for xs, intervals in series:
-        d = make_detector(detector)
+        d = make_detector(detector, options)
         t0 = time.process_time()
         # As the detect step does: the spacing of a batch, then its values.
         d.observe_intervals(intervals)
@@ -111,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("nab-runs"))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-cmd", action="store_true", help="only the callable run")
+    ap.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE", help="detector option"
+    )
     args = ap.parse_args(argv)
+    options = detector_options(args.detector, args.option)
 
     runner = args.nab_root / "run_detector.py"
     common = ["--nab-root", str(args.nab_root), "--jobs", str(args.jobs)]
@@ -127,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             "operators.score:nab_factory",
             "--param",
             f"detector={args.detector}",
+            "--param",
+            f"options={json.dumps(options)}",
             *common,
         ],
     )
     report: dict[str, object] = {
         "detector": args.detector,
+        "options": options,
         "nab": {p: round(fast["scores"][p]["score"], 2) for p in PROFILES},
         "tuned_thresholds": {p: fast["scores"][p]["threshold"] for p in PROFILES},
     }
@@ -142,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_cmd:
         script = shutil.which("vigil-score", path=str(Path(sys.executable).parent))
         base = script if script else f"{sys.executable} -m operators.score"
-        command = f"{base} --detector {args.detector}"
+        command = " ".join(
+            [f"{base} --detector {args.detector}"] + [f"--option {o}" for o in args.option]
+        )
         cmd_out = (args.out / f"{name}-cmd").resolve()
         slow = run_runner(args.python, runner, f"{name}-cmd", cmd_out, ["--cmd", command, *common])
         same = all(
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "same_scores_as_callable": same,
             "seconds_wall": round(slow["seconds_wall"], 1),
         }
-    report.update(speed_and_size(args.detector, args.nab_root / "data"))
+    report.update(speed_and_size(args.detector, args.nab_root / "data", options))
     print(json.dumps(report, indent=2))
     return 0
 

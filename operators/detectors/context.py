@@ -1,28 +1,39 @@
 """Contextual tail surprise: the project's default detector.
 
-A reading is anomalous when it is both **rare** and **new**:
+A reading is anomalous when it is both **rare** and **new**, or both rare and
+new *for the time of day*. Four surprises ``-log10 p`` (decimal digits) say so:
 
-* *rare*: its value lies in a tail of the recent distribution, or its
-  *seasonal residual* (the value minus the median of the readings around the
-  same time of the previous day) lies in a tail of the recent residuals. The
-  last ``window`` learned values (residuals) define "ordinary"; inside their
-  range the tail probability is empirical (the share at least as extreme),
-  beyond the ``tail`` most extreme values of a side it follows a generalised
-  Pareto fit of the excesses (peaks over threshold, as in
-  :mod:`operators.detectors.tail`).
-* *new*: nothing like it was seen in its context. Its distance to the nearest
-  of the last ``recent`` readings, and of the readings around the same time of
-  the previous day (``period`` readings ago, ``+- jitter``), is scored against
-  the recent history of such distances with the same tail model (upper side).
-  A value the series has just shown, or shows every day at this hour, is not
-  new: a daily batch job's spike or a level held since the last reading is
-  rare yet expected.
+* *rare*: the value lies in a tail of the recent distribution. The last
+  ``window`` learned values define "ordinary"; inside their range the tail
+  probability is empirical (the share at least as extreme), beyond the
+  ``tail`` most extreme values of a side it follows a generalised Pareto fit of
+  the excesses (:class:`~operators.detectors.tailmodel.TailModel`).
+* *new*: nothing like it was seen in its context. The context is the last
+  ``recent`` readings, the readings around the same time yesterday (``period``
+  readings ago ``+- jitter``) and around the same time last week
+  (``7 * period +- jitter``, when that lies within ``max_history`` readings).
+  The distance to the nearest context value is scored against the recent such
+  distances with the same tail model (upper side). A value the series has just
+  shown, or shows every day at this hour, is not new: a daily batch job's spike
+  or a level held since the last reading is rare yet expected.
+* *rare for the time of day*: the seasonal residual (the value minus the median
+  of the readings around the same time yesterday or last week, whichever is
+  closer) lies in a tail of the recent residuals: a dip at the busiest hour.
+* *new for the time of day*: the distance to the nearest reading around the
+  same time yesterday or last week lies in the upper tail of the recent such
+  distances: the level is not one this hour has shown.
 
-Each is a surprise ``-log10 p``; the detector reports the smaller of the two,
-so both must agree. An event is reported once: after a surprise ``s`` at
-reading ``i``, a later surprise is damped (multiplied by ``damping``) unless it
-exceeds ``s - decay * (j - i)``, a refractory bar that falls by ``decay``
-decimal digits per reading.
+The score is ``max(min(rare, new), seasonal)``: both must agree in each
+channel. The *seasonal* channel is the smaller of the two time-of-day
+surprises, held as the least of its last ``persist`` readings (carried across
+batches), so a single odd reading does not fire it; it catches what the recent
+context hides, such as a level that is ordinary overall but wrong for the hour.
+The jitter is ``jitter_frac`` of the period (at least one reading), so "around
+the same time" spans the same hours at any sampling interval.
+
+An event is reported once: after a score ``s`` at reading ``i``, a later score
+is damped (multiplied by ``damping``) unless it exceeds ``s - decay * (j - i)``,
+a refractory bar that falls by ``decay`` decimal digits per reading.
 
 What the detector learns from readings it flags is a choice (``flagged``):
 ``learn`` everything, ``skip`` values whose rarity surprise reaches
@@ -38,8 +49,10 @@ gives exactly the per-event numbers, at a few hundred thousand readings per
 second.
 
 The daily period comes from the readings' spacing (:meth:`observe_intervals`),
-or from ``period`` (readings per day) when given; periods above
-``max_period`` readings are not used, which bounds the state (under 32 KB).
+or from ``period`` (readings per day) when given; periods above ``max_period``
+readings are not used, and the weekly context only when it lies within
+``max_history`` readings. With the readings, distances and residuals kept in
+float32 (values stay float64), that bounds the state under 32 KB.
 
 Score range: [0, ``max_surprise``] decimal digits, calibrated with ``surprise``.
 
@@ -61,99 +74,39 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import as_strided
 
 from operators.detectors.base import RefreshingDetector
-from operators.detectors.tail import gpd_moments
-from operators.events import BoolArray, FloatArray, IntArray
+from operators.detectors.tailmodel import TailModel, tail_surprise
+from operators.events import BoolArray, FloatArray
 
+Float32Array = npt.NDArray[np.float32]
 FLAGGED_CHOICES = ("learn", "skip", "clip")
-# What scoring a stretch changes; every one is rebound, never mutated in place.
-_MUTABLE = ("count", "_values", "_dists", "_resids", "_history", "_skips", "_bar", "_parts")
+DAYS_PER_WEEK = 7
+# The samples the four tail models are fitted on, and what scoring a stretch changes;
+# every one is rebound, never mutated in place.
+_SAMPLES = ("_values", "_dists", "_resids", "_season_dists")
+_MUTABLE = ("count", *_SAMPLES, "_history", "_held", "_skips", "_bar", "_parts")
 #: Names of the surprises :meth:`ContextSurprise.explain` reports, in digits.
-PARTS = ("rare", "rare for the time of day", "new")
-LOG10_2 = math.log10(2.0)
-
-
-class TailModel:
-    """Tail probabilities of values against a sorted sample, fixed between refreshes.
-
-    Args:
-        sample: The values that define "ordinary" (any order, finite).
-        tail: Most extreme values per side that fit each generalised Pareto tail.
-        xi_max: Largest shape of a tail fit (``< 1``).
-
-    Example:
-        >>> m = TailModel(np.arange(100.0), tail=10, xi_max=0.9)
-        >>> m.log10_upper(np.array([50.0, 99.0, 150.0])).round(2).tolist()
-        [-0.3, -1.7, -6.79]
-
-    """
-
-    def __init__(self, sample: FloatArray, tail: int, xi_max: float) -> None:
-        self.sorted = np.sort(sample)
-        m = len(self.sorted)
-        self.k = max(2, min(tail, m // 3))
-        self.log_k = math.log10(self.k / (m + 1))
-        top = self.sorted[m - self.k :]
-        bottom = self.sorted[: self.k]
-        self.upper, self.up_xi, self.up_sigma = self._fit(top - top[0], float(top[0]), xi_max)
-        self.lower, self.low_xi, self.low_sigma = self._fit(
-            bottom[-1] - bottom, float(bottom[-1]), xi_max
-        )
-
-    @staticmethod
-    def _fit(excess: FloatArray, edge: float, xi_max: float) -> tuple[float, float, float]:
-        """Method-of-moments generalised Pareto shape and scale of the excesses."""
-        mean = float(excess.mean())
-        if mean <= 0.0:
-            return edge, 0.0, 0.0
-        return edge, *gpd_moments(mean, float(excess.var(ddof=1)), 0.0, xi_max)
-
-    def _gpd(self, d: FloatArray, xi: float, sigma: float) -> FloatArray:
-        """``log10 P(excess > d)`` under the fitted tail, ``d > 0``."""
-        if sigma <= 0.0:
-            return np.full(len(d), -np.inf)
-        if xi < 1e-9:
-            return self.log_k - d / sigma / math.log(10.0)
-        return self.log_k - np.log10(1.0 + xi * d / sigma) / xi
-
-    def log10_upper(self, x: FloatArray) -> FloatArray:
-        """``log10`` of the share of the sample at least as large as ``x`` (tail-modelled)."""
-        srt = self.sorted
-        m = len(srt)
-        p: FloatArray = np.log10((m - np.searchsorted(srt, x, "left") + 1.0) / (m + 1.0))
-        beyond = x > self.upper
-        if beyond.any():
-            g = self._gpd(x[beyond] - self.upper, self.up_xi, self.up_sigma)
-            # Inside the sample's range the count is the better estimate.
-            inside = x[beyond] <= srt[-1]
-            p[beyond] = np.where(inside, np.maximum(g, p[beyond]), g)
-        return p
-
-    def log10_lower(self, x: FloatArray) -> FloatArray:
-        """``log10`` of the share of the sample at most as large as ``x`` (tail-modelled)."""
-        srt = self.sorted
-        m = len(srt)
-        p: FloatArray = np.log10((np.searchsorted(srt, x, "right") + 1.0) / (m + 1.0))
-        beyond = x < self.lower
-        if beyond.any():
-            g = self._gpd(self.lower - x[beyond], self.low_xi, self.low_sigma)
-            inside = x[beyond] >= srt[0]
-            p[beyond] = np.where(inside, np.maximum(g, p[beyond]), g)
-        return p
+PARTS = ("rare", "new", "rare for the time of day", "new for the time of day", "seasonal")
 
 
 class ContextSurprise(RefreshingDetector):
     """Rare-and-new surprise with a refractory period; see the module docstring.
 
     Args:
-        window: Learned values (and distances) that define "ordinary".
+        window: Learned values (and distances, residuals) that define "ordinary".
         tail: Most extreme values per side that fit each tail model.
         min_history: Learned values before anything scores above 0.
         recent: Readings back whose values make the recent context.
         period: Readings per day, or ``None`` to learn it from the spacing.
-        jitter: Readings either side of "same time yesterday" in the context.
+        jitter_frac: Share of the period either side of "same time yesterday"
+            (and last week) in the context; at least one reading.
         max_period: Longest daily period used (bounds the state).
+        max_history: Longest lag of the context in readings; the weekly context
+            is left out when it does not fit (bounds the state and the work).
+        persist: Readings over which the seasonal channel is held (its least).
         refresh: Readings between two refreshes of the model.
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
@@ -179,8 +132,10 @@ class ContextSurprise(RefreshingDetector):
         min_history: int = 30,
         recent: int = 100,
         period: int | None = None,
-        jitter: int = 20,
+        jitter_frac: float = 0.07,
         max_period: int = 1440,
+        max_history: int = 2100,
+        persist: int = 3,
         refresh: int = 128,
         decay: float = 0.02,
         damping: float = 0.1,
@@ -198,6 +153,12 @@ class ContextSurprise(RefreshingDetector):
                 f"recent={recent}, refresh={refresh}"
             )
             raise ValueError(msg)
+        if not 0.0 <= jitter_frac < 0.5 or persist < 1:
+            msg = (
+                "context: expected 0 <= jitter_frac < 0.5 and persist >= 1, "
+                f"got jitter_frac={jitter_frac}, persist={persist}"
+            )
+            raise ValueError(msg)
         if flagged not in FLAGGED_CHOICES:
             msg = f"context: expected flagged in {FLAGGED_CHOICES}, got {flagged!r}"
             raise ValueError(msg)
@@ -211,8 +172,10 @@ class ContextSurprise(RefreshingDetector):
         self.tail = tail
         self.min_history = min_history
         self.recent = recent
-        self.jitter = jitter
+        self.jitter_frac = jitter_frac
         self.max_period = max_period
+        self.max_history = max_history
+        self.persist = persist
         self.refresh = refresh
         self.decay = decay
         self.damping = damping
@@ -223,27 +186,31 @@ class ContextSurprise(RefreshingDetector):
         self.xi_max = xi_max
         self.season_s = season_s
         self.count = 0
-        self.period = 0
+        self.period = self.jitter = self.week = 0
         self._intervals: list[float] = []
         if period is not None:
             self._set_period(period)
         self._values = np.empty(0, dtype=np.float64)  # learned values, oldest first
-        self._dists = np.empty(0, dtype=np.float64)  # novelty distances, oldest first
-        self._resids = np.empty(0, dtype=np.float64)  # seasonal residuals, oldest first
-        # Every reading, for the context; float32 halves the longest part of the state.
+        # Novelty distances, seasonal residuals and seasonal distances, oldest first; float32
+        # because they only feed tail fits, and it keeps the state small.
+        self._dists = np.empty(0, dtype=np.float32)
+        self._resids = np.empty(0, dtype=np.float32)
+        self._season_dists = np.empty(0, dtype=np.float32)
+        # Every reading back to the longest lag, for the context.
         self._history = np.empty(0, dtype=np.float32)
-        self._fitted = (0, 0, 0)  # how many values / distances / residuals the models cover
+        self._fitted: tuple[int, ...] = (0, 0, 0, 0)  # how much of each sample the models cover
+        # The seasonal channel of the last persist - 1 readings; nothing held before the start.
+        self._held = np.zeros(persist - 1)
         self._skips = 0
         self._bar = -math.inf  # refractory bar plus decay * reading index
-        self._value_model: TailModel | None = None
-        self._dist_model: TailModel | None = None
-        self._resid_model: TailModel | None = None
+        self._models: tuple[TailModel | None, ...] = ()
         self._parts: tuple[FloatArray, ...] = ()  # per stretch of the last batch, for explain()
+        self._fit_models()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # The models are rebuilt on load from the windows they were fitted on.
-        del state["_value_model"], state["_dist_model"], state["_resid_model"], state["_parts"]
+        del state["_models"], state["_parts"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -252,7 +219,12 @@ class ContextSurprise(RefreshingDetector):
         self._fit_models()
 
     def _set_period(self, period: int) -> None:
-        self.period = period if 2 * self.jitter < period <= self.max_period else 0
+        jitter = max(1, round(self.jitter_frac * period))
+        if not 2 * jitter < period <= self.max_period:
+            return
+        self.period, self.jitter = period, jitter
+        week = DAYS_PER_WEEK * period
+        self.week = week if week + jitter <= self.max_history else 0
 
     def observe_intervals(self, seconds: FloatArray) -> None:
         """Learn the daily period from the spacing of the first readings.
@@ -267,11 +239,13 @@ class ContextSurprise(RefreshingDetector):
         if len(self._intervals) == 8:
             self._set_period(round(self.season_s / float(np.median(self._intervals))))
 
+    def _samples(self) -> tuple[FloatArray | Float32Array, ...]:
+        return self._values, self._dists, self._resids, self._season_dists
+
     def _fit_models(self) -> None:
-        samples = (self._values, self._dists, self._resids)
-        self._value_model, self._dist_model, self._resid_model = (
+        self._models = tuple(
             TailModel(sample[:n], self.tail, self.xi_max) if n >= self.min_history else None
-            for sample, n in zip(samples, self._fitted, strict=True)
+            for sample, n in zip(self._samples(), self._fitted, strict=True)
         )
 
     def _next_refresh(self) -> int:
@@ -284,60 +258,80 @@ class ContextSurprise(RefreshingDetector):
         return (self.count // self.refresh + 1) * self.refresh
 
     def _refresh(self) -> None:
-        self._values = self._values[-self.window :]
-        self._dists = self._dists[-self.window :]
-        self._resids = self._resids[-self.window :]
-        self._fitted = (len(self._values), len(self._dists), len(self._resids))
+        w = self.window
+        self._values, self._dists = self._values[-w:], self._dists[-w:]
+        self._resids, self._season_dists = self._resids[-w:], self._season_dists[-w:]
+        self._fitted = tuple(len(sample) for sample in self._samples())
         self._fit_models()
 
-    def _lags(self) -> IntArray:
-        lags = np.arange(1, self.recent + 1, dtype=np.int64)
-        if self.period:
-            start = max(self.period - self.jitter, self.recent + 1)
-            lags = np.concatenate(
-                (lags, np.arange(start, self.period + self.jitter + 1, dtype=np.int64))
-            )
-        return lags
+    def _lag_groups(self) -> list[tuple[int, int]]:
+        """First and last lag of each context: recent, yesterday, last week."""
+        groups = [(1, self.recent)]
+        for lag in (self.period, self.week):
+            if lag:
+                groups.append((lag - self.jitter, lag + self.jitter))
+        return groups
 
-    def _context(self, xs: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Per value: distance to its nearest context value, and its seasonal residual.
+    def _context(self, xs: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Per value: distance to the nearest context value, seasonal residual and distance.
 
         The residual is the value minus the median of the readings around the
-        same time of the previous day. NaN where there is no such context yet.
+        same time yesterday or last week, whichever is smaller (a median needs
+        all its readings); the seasonal distance is to the nearest of those
+        readings. NaN where there is no such context yet.
         """
-        lags = self._lags()
+        n = len(xs)
+        groups = self._lag_groups()
+        span = max(last for _, last in groups)
+        history = self._history[-span:]
         # Values are compared at the precision the history keeps them in.
         xs32 = xs.astype(np.float32).astype(np.float64)
-        ext = np.concatenate((self._history.astype(np.float64), xs32))
-        pos = len(self._history) + np.arange(len(xs))
-        idx = pos[:, None] - lags[None, :]
-        refs = np.where(idx >= 0, ext[np.maximum(idx, 0)], np.nan)
-        gaps = np.abs(xs32[:, None] - refs)
-        gaps[np.isnan(gaps)] = np.inf
-        dists: FloatArray = gaps.min(axis=1)
-        dists[np.isinf(dists)] = np.nan
-        resids = np.full(len(xs), np.nan)
-        if self.period:
-            day = refs[:, lags >= self.period - self.jitter]
-            full = ~np.isnan(day).any(axis=1)
-            if full.any():
-                resids[full] = xs32[full] - np.median(day[full], axis=1)
-        keep = int(lags[-1])
-        self._history = ext[-keep:].astype(np.float32)
-        return dists, resids
+        ext = np.concatenate((np.full(span - len(history), np.nan), history, xs32))
+        # A missing reading (before the start, or not finite) is never the nearest.
+        near = np.where(np.isfinite(ext), ext, np.inf)
+
+        def nearest(rows: slice, width: int) -> FloatArray:
+            closest: FloatArray = np.abs(xs32[:, None] - _windows(near[rows], width)).min(axis=1)
+            return closest
+
+        # Row i of a group's windows holds value i's readings first..last back.
+        first, last = groups[0]
+        recent = nearest(slice(span - last, span - first + n), last - first + 1)
+        season = np.full(n, np.inf)
+        resids = np.full(n, np.nan)
+        for first, last in groups[1:]:
+            rows = slice(span - last, span - first + n)
+            season = np.minimum(season, nearest(rows, last - first + 1))
+            resid = xs32 - self._medians(ext[rows], n)
+            smaller = np.isnan(resids) | (np.abs(resid) < np.abs(resids))
+            resids = np.where(smaller, resid, resids)
+        dists = np.minimum(recent, season)
+        dists[~np.isfinite(dists)] = np.nan
+        season[~np.isfinite(season)] = np.nan
+        keep = min(span, len(history) + n)
+        self._history = ext[len(ext) - keep :].astype(np.float32)
+        return dists, resids, season
 
     @staticmethod
-    def _surprise(model: TailModel | None, xs: FloatArray, two_sided: bool) -> FloatArray:
-        """Tail surprise of ``xs``, upper side or two-sided (0 where NaN or without a model)."""
-        out = np.zeros(len(xs))
-        ok = np.isfinite(xs)
-        if model is not None and ok.any():
-            if two_sided:
-                lp = np.minimum(model.log10_upper(xs[ok]), model.log10_lower(xs[ok]))
-                out[ok] = -(LOG10_2 + lp)
-            else:
-                out[ok] = -model.log10_upper(xs[ok])
+    def _medians(seg: FloatArray, n: int) -> FloatArray:
+        """Median of each of the ``n`` sliding windows of ``seg``; NaN if one is missing."""
+        width = len(seg) - n + 1
+        missing = np.concatenate(([0], np.cumsum(np.isnan(seg))))
+        full = missing[width : width + n] == missing[:n]
+        out = np.full(n, np.nan)
+        if full.any():
+            # Odd width: the median is the middle element, which partition finds exactly.
+            rows = _windows(seg, width)[full]
+            rows.partition(width // 2, axis=1)
+            out[full] = rows[:, width // 2]
         return out
+
+    def _hold(self, seasonal: FloatArray) -> FloatArray:
+        """The least of each reading's seasonal surprise and its ``persist - 1`` forerunners."""
+        ext = np.concatenate((self._held, seasonal))
+        self._held = ext[len(ext) - (self.persist - 1) :]
+        held: FloatArray = _windows(ext, self.persist).min(axis=1)
+        return held
 
     def _learn_mask(self, rare: FloatArray, finite: BoolArray) -> BoolArray:
         """Which values are learned as they are (the rest are skipped or clipped)."""
@@ -364,7 +358,13 @@ class ContextSurprise(RefreshingDetector):
         return super().score_learn_many(xs)
 
     def explain(self) -> dict[str, FloatArray]:
-        """Rarity of the value, rarity for the time of day and novelty, per reading (digits)."""
+        """The surprises of the last batch per reading, in digits, named as in ``PARTS``.
+
+        ``rare`` and ``new`` make the first channel (their smaller one), the
+        time-of-day pair the seasonal one (their smaller one, held over
+        ``persist`` readings: ``seasonal``); the score is the larger channel,
+        before the refractory damping.
+        """
         if not self._parts:
             return {}
         return dict(zip(PARTS, np.hstack(self._parts), strict=True))
@@ -381,13 +381,15 @@ class ContextSurprise(RefreshingDetector):
         n = len(xs)
         finite = np.isfinite(xs)
         safe = np.where(finite, xs, 0.0)
-        dists, resids = self._context(np.where(finite, xs, np.nan))
-        rare = self._surprise(self._value_model, safe, two_sided=True)
-        # Rare for the time of day counts too (a dip at the busiest hour).
-        seasonal_rare = self._surprise(self._resid_model, resids, two_sided=True)
-        new = self._surprise(self._dist_model, dists, two_sided=False)
-        total = np.clip(np.minimum(np.maximum(rare, seasonal_rare), new), 0.0, self.max_surprise)
-        parts = np.vstack((rare, seasonal_rare, new))
+        dists, resids, season_dists = self._context(np.where(finite, xs, np.nan))
+        value_model, dist_model, resid_model, season_model = self._models
+        rare = tail_surprise(value_model, safe, two_sided=True)
+        new = tail_surprise(dist_model, dists, two_sided=False)
+        rare_tod = tail_surprise(resid_model, resids, two_sided=True)
+        new_tod = tail_surprise(season_model, season_dists, two_sided=False)
+        seasonal = self._hold(np.minimum(rare_tod, new_tod))
+        total = np.clip(np.maximum(np.minimum(rare, new), seasonal), 0.0, self.max_surprise)
+        parts = np.vstack((rare, new, rare_tod, new_tod, seasonal))
         self._parts = (*self._parts, np.minimum(parts, self.max_surprise))
         total[~finite] = self.max_surprise
         # Refractory period: damped unless above the decaying bar of earlier surprises.
@@ -400,14 +402,30 @@ class ContextSurprise(RefreshingDetector):
 
         learn = self._learn_mask(rare, finite)
         learned = safe[learn]
-        if self.flagged == "clip" and self._value_model is not None:
-            model = self._value_model
+        if self.flagged == "clip" and value_model is not None:
             clipped = finite & ~learn
-            learned = np.where(learn, safe, np.clip(safe, model.lower, model.upper))[
+            learned = np.where(learn, safe, np.clip(safe, value_model.lower, value_model.upper))[
                 learn | clipped
             ]
         self._values = np.concatenate((self._values, learned))
-        self._dists = np.concatenate((self._dists, dists[np.isfinite(dists)]))
-        self._resids = np.concatenate((self._resids, resids[np.isfinite(resids)]))
+        self._dists = _append32(self._dists, dists)
+        self._resids = _append32(self._resids, resids)
+        self._season_dists = _append32(self._season_dists, season_dists)
         self.count += n
         return out
+
+
+def _append32(kept: Float32Array, new: FloatArray) -> Float32Array:
+    """``kept`` followed by the finite values of ``new``, in float32."""
+    return np.concatenate((kept, new[np.isfinite(new)].astype(np.float32)))
+
+
+def _windows(a: FloatArray, width: int) -> FloatArray:
+    """The windows of ``width`` consecutive elements of ``a``, one per row (a read-only view).
+
+    ``sliding_window_view`` without its checks, which cost more than the
+    arithmetic on a short stretch.
+    """
+    step = a.strides[0]
+    view: FloatArray = as_strided(a, (len(a) - width + 1, width), (step, step), writeable=False)
+    return view

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pickle
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
-from operators.detectors.context import ContextSurprise
+from operators.detectors.context import PARTS, ContextSurprise
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,6 +28,65 @@ def test_period_comes_from_the_spacing_of_the_first_readings() -> None:
     too_long.observe_intervals(np.ones(8))  # 86400 readings a day: above max_period
     assert too_long.period == 0
     assert ContextSurprise(period=96).period == 96
+
+
+@pytest.mark.parametrize(
+    ("period", "jitter", "groups"),
+    [
+        # Hourly: the period is kept (a fixed jitter of 20 readings used to discard it).
+        (24, 2, [(1, 100), (22, 26), (166, 170)]),
+        # Half-hourly: yesterday's readings overlap the recent ones and stay a whole group.
+        (48, 3, [(1, 100), (45, 51), (333, 339)]),
+        (288, 20, [(1, 100), (268, 308), (1996, 2036)]),
+        # A week of one-minute readings is beyond max_history: no weekly context.
+        (1440, 101, [(1, 100), (1339, 1541)]),
+    ],
+)
+def test_context_is_recent_yesterday_and_last_week_with_a_jitter_scaled_to_the_period(
+    period: int, jitter: int, groups: list[tuple[int, int]]
+) -> None:
+    d = ContextSurprise(period=period)
+    assert (d.period, d.jitter) == (period, jitter)
+    assert d._lag_groups() == groups
+
+
+def daily_wave(days: int, seed: int) -> np.ndarray:
+    """Hourly readings of a daily cycle between 5 and 15, with a little noise."""
+    hours = np.arange(24 * days)
+    jitter = np.random.default_rng(seed).normal(0.0, 0.2, len(hours))
+    return 10.0 + 5.0 * np.sin(2 * np.pi * hours / 24) + jitter
+
+
+def test_a_level_wrong_for_the_hour_fires_the_seasonal_channel_once_it_persists() -> None:
+    xs = daily_wave(40, seed=8)
+    start = 24 * 30 + 4  # the morning rise of day 30...
+    xs[start : start + 6] = xs[start - 12 : start - 6]  # ...shows the night's readings instead
+    d = ContextSurprise()
+    d.observe_intervals(np.full(8, 3600.0))
+    d.score_learn_many(xs[:start])
+    scores = d.score_learn_many(xs[start : start + 6])
+    parts = d.explain()
+    # Nothing rare or new overall: the night shows these levels every day.
+    assert max(parts["rare"].max(), parts["new"].max()) < 2.0
+    assert min(parts["rare for the time of day"].min(), parts["new for the time of day"].min()) > 4
+    # Held over the last three readings: the first two readings cannot fire it alone.
+    held = np.minimum(parts["rare for the time of day"], parts["new for the time of day"])
+    assert parts["seasonal"][2:] == pytest.approx(
+        np.minimum.reduce([held[:-2], held[1:-1], held[2:]])
+    )
+    assert parts["seasonal"][:2].max() < 1.0
+    assert scores[2] > 4.0
+
+
+def test_a_weekly_spike_stops_being_news_with_the_weekly_context() -> None:
+    xs = daily_wave(7 * 8, seed=9)
+    spikes = np.arange(24 * 7 + 12, len(xs), 24 * 7)  # noon, once a week: a weekly job
+    xs[spikes] = 40.0
+    d = ContextSurprise(period=24)
+    assert d.week == 24 * 7
+    weekly = d.score_learn_many(xs)
+    assert weekly[spikes[0]] > 4.0
+    assert weekly[spikes[2:]].max() < 0.1  # seen last week at this time
 
 
 def test_a_spike_at_the_same_time_every_day_stops_being_news_with_a_period() -> None:
@@ -55,7 +115,7 @@ def test_flagged_values_are_learned_or_skipped(flagged: str, learned_max: float)
 def test_clip_learns_a_flagged_value_at_the_edge_of_the_tail() -> None:
     d = ContextSurprise(flagged="clip")
     d.score_learn_many(noise(512))
-    model = d._value_model
+    model = d._models[0]
     assert model is not None
     d.score_learn_many(np.array([40.0]))
     assert d._values[-1] == pytest.approx(model.upper)
@@ -87,9 +147,10 @@ def test_non_finite_values_score_the_cap_and_are_not_learned() -> None:
     assert np.isfinite(d._values).all()
 
 
-def test_batch_form_equals_per_event_form_with_a_daily_period() -> None:
-    xs = noise(700, seed=5)
+def test_batch_form_equals_per_event_form_with_a_daily_and_weekly_period() -> None:
+    xs = noise(800, seed=5)  # past a week of 48 readings a day
     xs[::97] += 8.0
+    xs[390] = np.nan  # a gap in yesterday's and last week's readings later on
     batch = ContextSurprise(period=48).score_learn_many(xs)
     one = ContextSurprise(period=48)
     per_event = [one.score_one(x) for x in xs[:1]]
@@ -98,11 +159,23 @@ def test_batch_form_equals_per_event_form_with_a_daily_period() -> None:
         one.learn_one(x)
         per_event.append(s)
     assert np.array_equal(batch, np.array(per_event[1:]))
+    # Uneven batches carry the held seasonal channel and the context across their edges.
+    chunked = ContextSurprise(period=48)
+    edges = [0, 1, 3, 50, 51, 340, 341, 345, 600, 800]
+    parts = [chunked.score_learn_many(xs[a:b]) for a, b in pairwise(edges)]
+    assert np.array_equal(batch, np.concatenate(parts))
 
 
-def test_state_stays_under_32_kb_with_the_longest_period() -> None:
-    d = ContextSurprise(period=1440)
-    d.score_learn_many(noise(20_000, seed=6))
+def longest_context_period() -> int:
+    """The daily period (of any sampling interval) whose context reaches furthest back."""
+    return max(range(1, 1441), key=lambda p: ContextSurprise(period=p)._lag_groups()[-1][1])
+
+
+@pytest.mark.parametrize("period", [1440, 288, longest_context_period()])
+def test_state_stays_under_32_kb_with_the_longest_period(period: int) -> None:
+    d = ContextSurprise(period=period)
+    # Just before a refresh, when the learned windows are at their longest.
+    d.score_learn_many(noise(160 * d.refresh - 1, seed=6))
     assert len(pickle.dumps(d)) <= 32 * 1024
     restored = pickle.loads(pickle.dumps(d))
     tail = noise(100, seed=7)
@@ -121,11 +194,11 @@ def test_explain_gives_the_parts_of_the_last_batch_only() -> None:
     d.score_learn_many(noise(2000))
     scores = d.score_learn_many(np.array([10.0, 30.0]))
     parts = d.explain()
-    assert list(parts) == ["rare", "rare for the time of day", "new"]
+    assert tuple(parts) == PARTS
     assert parts["rare"][1] > 5.0  # far out...
     assert parts["new"][1] > 5.0  # ...and unlike anything seen
     assert parts["rare"][0] < 1.0
-    # The score is the smaller of the rarities' larger one and the novelty.
-    rarity = np.maximum(parts["rare"], parts["rare for the time of day"])
-    assert scores[1] == pytest.approx(min(rarity[1], parts["new"][1]))
+    # The score is the larger of the two channels: rare-and-new, and seasonal.
+    channel = np.minimum(parts["rare"], parts["new"])
+    assert scores[1] == pytest.approx(max(channel[1], parts["seasonal"][1]))
     assert pickle.loads(pickle.dumps(d)).explain() == {}  # not part of the state
