@@ -19,7 +19,7 @@ Example:
     ...                 60.0, 70.0, 7200.0, 11.0, 48.4, 8.9, weather=35.0)
     >>> f = Frame("f1", "cam1", h, np.full((48, 64), 1000, np.uint16))
     >>> unusable_reason(f, QualityRules())
-    'weather: sky quality 35 below the minimum 50'
+    'weather: sky quality 35 below the minimum 65'
 
 """
 
@@ -45,11 +45,11 @@ class QualityRules:
 
     """
 
-    min_weather: float = 50.0
+    min_weather: float = 65.0
     min_altitude_deg: float = 15.0
     focus_tolerance: float = 60.0
     min_signal: float = 0.5
-    max_background: float = 2.0
+    max_background: float = 1.5
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.min_weather <= 100.0 and self.focus_tolerance > 0.0):

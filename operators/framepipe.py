@@ -1,0 +1,258 @@
+"""Frames in, decisions out: embed, search the memory bank, score; index and calibrate references.
+
+:class:`FramePipeline` is the one place that joins the pieces, for the flow
+and for the ``vigil-frames`` command alike:
+
+* :meth:`~FramePipeline.index` takes a target's reference frames, embeds them,
+  fits the position weight, subsamples the patches to at most
+  ``max_patches`` with a greedy coreset, stores them in the bank (one Milvus
+  partition per target), then calibrates: every reference frame's patches are
+  searched against the bank *without that frame* (leave-one-out), and the
+  per-cell scales and the frame threshold are fitted on those distances
+  (:mod:`operators.framescore`). The calibration and the references' image
+  statistics are stored in the bank too, so any process that opens the bank
+  can score.
+* :meth:`~FramePipeline.score` routes an unusable frame away with its reason
+  (:mod:`operators.framequality`), else embeds it, sends all its patches in
+  one search restricted to the target's partition and usable conditions, and
+  turns the distances into a score, an anomaly map and boxes.
+* :meth:`~FramePipeline.accept` is the feedback path: a frame a person marked
+  normal joins the bank, so the same thing no longer alerts.
+
+The pipeline holds clients (onnxruntime, Milvus), never Bytewax state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from operators.calstore import ModelStore, TargetModel
+from operators.coreset import coreset_indices
+from operators.embedding import PatchEmbedder, PatchFeatures
+from operators.events import IntArray
+from operators.framequality import QualityRules, ReferenceStats, unusable_reason
+from operators.frames import Frame, ScoredFrame
+from operators.framescore import (
+    F32,
+    FALSE_ALARM_RATE,
+    POSITION_FACTOR,
+    calibrate,
+    position_weight,
+    score_patches,
+    with_position,
+)
+from operators.membank import MemoryBank, PatchMeta
+
+logger = logging.getLogger(__name__)
+
+#: Patches kept per target at most (the coreset subsamples beyond).
+MAX_PATCHES = 200_000
+#: Reference frames a target needs before it can be calibrated.
+MIN_REFERENCES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """How frames are judged.
+
+    Attributes:
+        rules: The quality gate.
+        false_alarm_rate: Per-frame false-alarm rate of the calibrated threshold.
+        max_patches: Patches kept per target (coreset beyond).
+        position_factor: Position weight in typical same-cell distances.
+        conditions: Extra Milvus filter on the references searched (for
+            example ``"weather >= 70"``), on top of the target's partition.
+
+    """
+
+    rules: QualityRules = field(default_factory=QualityRules)
+    false_alarm_rate: float = FALSE_ALARM_RATE
+    max_patches: int = MAX_PATCHES
+    position_factor: float = POSITION_FACTOR
+    conditions: str | None = None
+
+
+def _cells(features: PatchFeatures, keep: IntArray | None = None) -> tuple[IntArray, IntArray]:
+    """Grid columns and rows of the patches kept (all by default)."""
+    rows, cols = features.grid
+    cells = np.arange(rows * cols, dtype=np.int64) if keep is None else keep
+    gy, gx = np.divmod(cells, cols)
+    return gx, gy
+
+
+class FramePipeline:
+    """Embedder, bank and calibrations of every target; see the module docstring.
+
+    Args:
+        embedder: Patch features.
+        bank: The memory bank (opened by the caller).
+        cfg: How frames are judged.
+
+    """
+
+    def __init__(self, embedder: PatchEmbedder, bank: MemoryBank, cfg: PipelineConfig) -> None:
+        self.embedder = embedder
+        self.bank = bank
+        self.store = ModelStore(bank.client)
+        self.cfg = cfg
+        self._models: dict[str, TargetModel] = {}
+
+    def model(self, target: str) -> TargetModel | None:
+        """The target's calibration, from the cache or the bank; ``None`` before indexing."""
+        cached = self._models.get(target)
+        if cached is None:
+            cached = self.store.load(target)
+            if cached is not None:
+                self._models[target] = cached
+        return cached
+
+    def usable(self, frames: Sequence[Frame]) -> tuple[list[Frame], list[tuple[Frame, str]]]:
+        """Split frames into usable ones and unusable ones with their reasons (header rules)."""
+        good: list[Frame] = []
+        bad: list[tuple[Frame, str]] = []
+        for f in frames:
+            reason = unusable_reason(f, self.cfg.rules)
+            if reason is None:
+                good.append(f)
+            else:
+                bad.append((f, reason))
+        return good, bad
+
+    def index(self, target: str, frames: Sequence[Frame]) -> TargetModel:
+        """Make ``frames`` (usable, same size, of ``target``) the target's references.
+
+        Existing references of the target are replaced.
+
+        Raises:
+            ValueError: fewer than :data:`MIN_REFERENCES` frames, mixed sizes or targets.
+
+        """
+        if len(frames) < MIN_REFERENCES:
+            msg = (
+                f"index {target!r}: expected >= {MIN_REFERENCES} reference frames, "
+                f"got {len(frames)}"
+            )
+            raise ValueError(msg)
+        shapes = {f.shape for f in frames}
+        targets = {f.target for f in frames}
+        if len(shapes) != 1 or targets != {target}:
+            msg = (
+                f"index {target!r}: expected frames of one size and of this target, got sizes "
+                f"{sorted(shapes)} and targets {sorted(targets)}"
+            )
+            raise ValueError(msg)
+        feats = [self.embedder.embed(f.pixels) for f in frames]
+        grid, stride = feats[0].grid, feats[0].stride
+        stack = np.stack([p.features for p in feats])
+        position = position_weight(stack, self.cfg.position_factor)
+        vectors = [with_position(p.features, grid, position) for p in feats]
+        keep = self._coreset(vectors)
+        self.bank.drop_target(target)
+        self.store.delete(target)
+        for frame, p, v, k in zip(frames, feats, vectors, keep, strict=True):
+            gx, gy = _cells(p, k)
+            meta = PatchMeta.from_header(frame.header)
+            self.bank.add(target, frame.frame_id, v[k], gx.tolist(), gy.tolist(), meta)
+        loo = np.stack(
+            [
+                self._search(target, v, exclude=f.frame_id)
+                for f, v in zip(frames, vectors, strict=True)
+            ]
+        )
+        cal = calibrate(
+            target,
+            loo,
+            grid=grid,
+            stride=stride,
+            position=position,
+            false_alarm_rate=self.cfg.false_alarm_rate,
+        )
+        model = TargetModel(calibration=cal, reference=ReferenceStats.of(list(frames)))
+        self.store.save(model)
+        self._models[target] = model
+        logger.info(
+            "indexed %d reference frames of %r: %d patches, threshold %.2f (leave-one-out)",
+            len(frames),
+            target,
+            int(sum(len(k) for k in keep)),
+            cal.threshold,
+        )
+        return model
+
+    def _coreset(self, vectors: list[F32]) -> list[IntArray]:
+        """Per frame, the indices of its patches the bank keeps."""
+        n = vectors[0].shape[0]
+        total = n * len(vectors)
+        if total <= self.cfg.max_patches:
+            return [np.arange(n) for _ in vectors]
+        chosen = np.sort(coreset_indices(np.vstack(vectors), self.cfg.max_patches))
+        frame_of, cell = np.divmod(chosen, n)
+        return [cell[frame_of == i] for i in range(len(vectors))]
+
+    def _search(self, target: str, vectors: F32, exclude: str | None = None) -> F32:
+        d = self.bank.search(
+            target, vectors, k=1, conditions=self.cfg.conditions, exclude_frame=exclude
+        )
+        return np.asarray(d[:, 0], dtype=np.float32)
+
+    def score(self, frame: Frame) -> ScoredFrame:
+        """Score one frame against its target's references (or skip it, with the reason)."""
+        model = self.model(frame.target)
+        if model is None:
+            return _skipped(frame, f"no references: target {frame.target!r} is not indexed")
+        reason = unusable_reason(frame, self.cfg.rules, model.reference)
+        if reason is not None:
+            return _skipped(frame, reason)
+        cal = model.calibration
+        feats = self.embedder.embed(frame.pixels)
+        if feats.grid != cal.grid or feats.stride != cal.stride:
+            return _skipped(
+                frame,
+                f"size: patch grid {feats.grid} differs from the references' {cal.grid}",
+            )
+        d = self._search(frame.target, with_position(feats.features, cal.grid, cal.position))
+        result = score_patches(d, cal, shape=frame.shape)
+        return ScoredFrame(
+            frame=frame,
+            score=result.score,
+            threshold=cal.threshold,
+            is_anomaly=result.score > cal.threshold,
+            anomaly_map=result.anomaly_map,
+            boxes=result.boxes,
+        )
+
+    def accept(self, frame: Frame) -> int:
+        """Add a frame a person marked normal to its target's references; patches added.
+
+        Raises:
+            ValueError: the target is not indexed, or the frame's size differs.
+
+        """
+        model = self.model(frame.target)
+        if model is None:
+            msg = f"accept: target {frame.target!r} is not indexed; run `vigil-frames index` first"
+            raise ValueError(msg)
+        cal = model.calibration
+        feats = self.embedder.embed(frame.pixels)
+        if feats.grid != cal.grid:
+            msg = f"accept: patch grid {feats.grid} differs from the references' {cal.grid}"
+            raise ValueError(msg)
+        vectors = with_position(feats.features, cal.grid, cal.position)
+        gx, gy = _cells(feats)
+        meta = PatchMeta.from_header(frame.header)
+        return self.bank.add(frame.target, frame.frame_id, vectors, gx.tolist(), gy.tolist(), meta)
+
+
+def _skipped(frame: Frame, reason: str) -> ScoredFrame:
+    return ScoredFrame(
+        frame=frame,
+        score=float("nan"),
+        threshold=float("nan"),
+        is_anomaly=False,
+        anomaly_map=None,
+        skipped=reason,
+    )
