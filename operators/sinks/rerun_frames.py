@@ -200,7 +200,10 @@ class _FramePartition(StatelessSinkPartition[ScoredFrame]):
         root, score_path = f"frames/{cam}", f"score/{cam}"
         self._style(f.camera, score_path)
         self._rec.set_time(TIMELINE, timestamp=np.datetime64(datetime_to_ms(f.header.ut), "ms"))
-        self._rec.log(f"{root}/header", rr.TextDocument(header_markdown(item), media_type=rr.MediaType.MARKDOWN))
+        self._rec.log(
+            f"{root}/header",
+            rr.TextDocument(header_markdown(item), media_type=rr.MediaType.MARKDOWN),
+        )
         self._frames += 1
         if item.skipped is not None:
             return
