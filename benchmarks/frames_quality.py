@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--field", default="synthetic")
     ap.add_argument("--min-overlap", type=int, default=16, help="pixels of a box in a patch")
     ap.add_argument("--position-factor", type=float, default=None)
+    ap.add_argument("--pool", type=int, default=1, help="cells pooled per patch side")
     args = ap.parse_args(argv)
 
     sim = TelescopeSimConfig(
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rest.append(f)
     embedder = PatchEmbedder(args.model)
-    pcfg = PipelineConfig()
+    pcfg = PipelineConfig(pool=args.pool)
     if args.position_factor is not None:
         pcfg = replace(pcfg, position_factor=args.position_factor)
     out: dict[str, object] = {"seed": args.seed, "frames": len(frames), "model": args.model}
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     patch_scores, patch_y, patch_kind = [], [], []
     kinds_frames: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(judged):
-        stride = 16
+        stride = 16 * args.pool
         rows, cols = -(-s.frame.shape[0] // stride), -(-s.frame.shape[1] // stride)
         assert s.anomaly_map is not None
         z = s.anomaly_map[::stride, ::stride][:rows, :cols].ravel()

@@ -92,6 +92,7 @@ class Config:
         false_alarm_rate: Per-frame false-alarm rate of the calibrated threshold.
         rules: The quality gate.
         conditions: Extra Milvus filter on the references searched.
+        pool: Model cells pooled per patch side (2: a quarter of the patches to search).
         ref_roots: Folders that file-reference messages may point into.
         out_dir: Directory of the embedded mode's files (and the Lite bank).
         rerun: Where the Rerun view goes.
@@ -114,6 +115,7 @@ class Config:
     false_alarm_rate: float = FALSE_ALARM_RATE
     rules: QualityRules = field(default_factory=QualityRules)
     conditions: str | None = None
+    pool: int = 1
     ref_roots: tuple[Path, ...] = ()
     out_dir: Path = Path("vigil-out")
     rerun: RerunConfig = field(default_factory=_rerun_defaults)
@@ -177,6 +179,7 @@ class Config:
             false_alarm_rate=far,
             rules=rules,
             conditions=conditions,
+            pool=env.integer("FRAMES_POOL", d.pool, min_value=1),
             ref_roots=tuple(Path(p) for p in env.items("FRAMES_REF_ROOTS", [])),
             out_dir=out_dir,
             rerun=rerun,
@@ -204,6 +207,7 @@ class Config:
                 rules=self.rules,
                 false_alarm_rate=self.false_alarm_rate,
                 conditions=self.conditions,
+                pool=self.pool,
             ),
         )
 

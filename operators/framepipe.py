@@ -74,6 +74,37 @@ class PipelineConfig:
     max_patches: int = MAX_PATCHES
     position_factor: float = POSITION_FACTOR
     conditions: str | None = None
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        if self.pool < 1 or self.max_patches < 1:
+            msg = (
+                f"pipeline: expected pool >= 1 and max_patches >= 1, got {self.pool}, "
+                f"{self.max_patches}"
+            )
+            raise ValueError(msg)
+
+
+def pool_patches(p: PatchFeatures, factor: int) -> PatchFeatures:
+    """Patches of ``factor x factor`` cells: the largest value of each feature over them.
+
+    Fewer, larger patches make the one search per frame cheaper (Milvus's cost grows
+    with the number of query vectors); the maximum keeps a small anomaly's mark on
+    the pooled patch, where a mean would dilute it.
+    """
+    if factor == 1:
+        return p
+    rows, cols = p.grid
+    out_r, out_c = -(-rows // factor), -(-cols // factor)
+    grid = np.full((out_r * factor, out_c * factor, p.dim), -np.inf, dtype=np.float32)
+    grid[:rows, :cols] = p.features.reshape(rows, cols, p.dim)
+    pooled = grid.reshape(out_r, factor, out_c, factor, p.dim).max(axis=(1, 3))
+    return PatchFeatures(
+        features=np.ascontiguousarray(pooled.reshape(out_r * out_c, p.dim)),
+        grid=(out_r, out_c),
+        stride=p.stride * factor,
+        frame_shape=p.frame_shape,
+    )
 
 
 def _cells(features: PatchFeatures, keep: IntArray | None = None) -> tuple[IntArray, IntArray]:
@@ -145,7 +176,7 @@ class FramePipeline:
                 f"{sorted(shapes)} and targets {sorted(targets)}"
             )
             raise ValueError(msg)
-        feats = [self.embedder.embed(f.pixels) for f in frames]
+        feats = [self._embed(f) for f in frames]
         grid, stride = feats[0].grid, feats[0].stride
         stack = np.stack([p.features for p in feats])
         position = position_weight(stack, self.cfg.position_factor)
@@ -183,6 +214,9 @@ class FramePipeline:
         )
         return model
 
+    def _embed(self, frame: Frame) -> PatchFeatures:
+        return pool_patches(self.embedder.embed(frame.pixels), self.cfg.pool)
+
     def _coreset(self, vectors: list[F32]) -> list[IntArray]:
         """Per frame, the indices of its patches the bank keeps."""
         n = vectors[0].shape[0]
@@ -208,7 +242,7 @@ class FramePipeline:
         if reason is not None:
             return _skipped(frame, reason)
         cal = model.calibration
-        feats = self.embedder.embed(frame.pixels)
+        feats = self._embed(frame)
         if feats.grid != cal.grid or feats.stride != cal.stride:
             return _skipped(
                 frame,
@@ -237,7 +271,7 @@ class FramePipeline:
             msg = f"accept: target {frame.target!r} is not indexed; run `vigil-frames index` first"
             raise ValueError(msg)
         cal = model.calibration
-        feats = self.embedder.embed(frame.pixels)
+        feats = self._embed(frame)
         if feats.grid != cal.grid:
             msg = f"accept: patch grid {feats.grid} differs from the references' {cal.grid}"
             raise ValueError(msg)

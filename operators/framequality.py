@@ -118,9 +118,7 @@ def unusable_reason(
     if h.weather < rules.min_weather:
         return f"weather: sky quality {h.weather:.0f} below the minimum {rules.min_weather:.0f}"
     if h.altitude_deg < rules.min_altitude_deg:
-        return (
-            f"altitude: {h.altitude_deg:.1f} deg below the minimum {rules.min_altitude_deg:.1f}"
-        )
+        return f"altitude: {h.altitude_deg:.1f} deg below the minimum {rules.min_altitude_deg:.1f}"
     if reference is None:
         return None
     off = h.focus - reference.focus

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="lite0", help="lite0, random or an ONNX file")
     parser.add_argument("--object", default=None, help="target of files with no OBJECT keyword")
     parser.add_argument("--camera", default="file", help="camera id given to the frames")
+    parser.add_argument("--pool", type=int, default=1, help="model cells pooled per patch side")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     index = sub.add_parser("index", help="make FILES the references of a target")
@@ -174,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with MemoryBank(cfg) as bank:
             pipeline = FramePipeline(
-                embedder, bank, PipelineConfig(false_alarm_rate=false_alarm_rate)
+                embedder,
+                bank,
+                PipelineConfig(false_alarm_rate=false_alarm_rate, pool=args.pool),
             )
             return _run(args, pipeline)
     except (BankError, ValueError) as err:
