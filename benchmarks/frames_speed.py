@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=60, help="frames scored per run")
     ap.add_argument("--bank-patches", default="26000,105000")
-    ap.add_argument("--other-targets", type=int, default=0, help="extra targets of 26k patches")
+    ap.add_argument("--other-targets", type=int, default=0, help="extra targets in the bank")
+    ap.add_argument("--other-frames", type=int, default=20, help="reference frames of each")
     ap.add_argument("--model", default="lite0")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--pool", type=int, default=1, help="model cells pooled per patch side")
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             pipe.index("M31", list(iter_frames(replace(sim, count=n_refs))))
             for k in range(args.other_targets):
                 other = replace(
-                    base, seed=args.seed + 1 + k, count=20, references=20, targets=(f"T{k}",)
+                    base,
+                    seed=args.seed + 1 + k,
+                    count=args.other_frames,
+                    references=args.other_frames,
+                    targets=(f"T{k}",),
                 )
                 pipe.index(f"T{k}", list(iter_frames(other)))
             index_s = time.perf_counter() - t0
