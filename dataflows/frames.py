@@ -49,7 +49,7 @@ from operators.membank import BankConfig, MemoryBank
 from operators.records import dead_letter_message
 from operators.sinks.files import JsonlSink
 from operators.sinks.kafka import KafkaBytesSink
-from operators.sinks.rerun import RerunConfig, ViewLabels, default_recording_id
+from operators.sinks.rerun import RerunConfig, ViewLabels
 from operators.sinks.rerun_frames import FrameRerunSink, FrameViewConfig
 
 logger = logging.getLogger(__name__)
@@ -64,13 +64,7 @@ def _kafka_defaults() -> KafkaConfig:
 
 
 def _rerun_defaults() -> RerunConfig:
-    return RerunConfig(
-        mode="rrd",
-        path=Path("vigil-out/frames.rrd"),
-        application_id=APPLICATION_ID,
-        recording_id=default_recording_id(APPLICATION_ID),
-        labels=VIEW,
-    )
+    return RerunConfig.recording(Path("vigil-out/frames.rrd"), APPLICATION_ID, VIEW)
 
 
 @dataclass(frozen=True)

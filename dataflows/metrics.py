@@ -40,7 +40,7 @@ from operators.flowkit import (
 )
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
 from operators.serde import METRICS
-from operators.sinks.rerun import RerunConfig, ViewLabels, default_recording_id
+from operators.sinks.rerun import RerunConfig, ViewLabels
 
 FLOW_NAME = "metrics"
 APPLICATION_ID = "vigil-metrics"
@@ -59,13 +59,7 @@ def _kafka_defaults() -> KafkaConfig:
 
 
 def _rerun_defaults() -> RerunConfig:
-    return RerunConfig(
-        mode="rrd",
-        path=Path("vigil-out/metrics.rrd"),
-        application_id=APPLICATION_ID,
-        recording_id=default_recording_id(APPLICATION_ID),
-        labels=VIEW,
-    )
+    return RerunConfig.recording(Path("vigil-out/metrics.rrd"), APPLICATION_ID, VIEW)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ __all__ = [
     "RerunConfig",
     "RerunSink",
     "ViewLabels",
+    "close_stream",
     "default_recording_id",
     "open_stream",
     "sensor_index",
@@ -104,6 +105,15 @@ def open_stream(
         ensure_viewer(cfg, start=worker_index == 0)
     rec.connect_grpc(cfg.grpc_url)
     return rec, cfg.web_url if cfg.mode == "serve" else cfg.grpc_url
+
+
+def close_stream(rec: rr.RecordingStream, dest: str) -> None:
+    """Flush and disconnect a worker's stream; an unreachable viewer is logged, not raised."""
+    try:
+        rec.flush(timeout_sec=_FLUSH_S)
+    except Exception:  # an unreachable viewer must not fail the flow's shutdown
+        logger.exception("could not flush the Rerun view to %s", dest)
+    rec.disconnect()
 
 
 def sensor_index(series: str) -> int:
@@ -320,11 +330,7 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         rr.send_columns(path, indexes=times, columns=[column], recording=self._rec, strict=True)
 
     def close(self) -> None:
-        try:
-            self._rec.flush(timeout_sec=_FLUSH_S)
-        except Exception:  # an unreachable viewer must not fail the flow's shutdown
-            logger.exception("could not flush the Rerun view to %s", self._dest)
-        self._rec.disconnect()
+        close_stream(self._rec, self._dest)
         logger.info(
             "logged %d readings (%d alerted) to %s", self._readings, self._alerts, self._dest
         )

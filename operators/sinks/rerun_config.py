@@ -115,6 +115,23 @@ class RerunConfig:
     labels: ViewLabels = field(default_factory=ViewLabels)
 
     @classmethod
+    def recording(cls, path: Path, application_id: str, labels: ViewLabels) -> RerunConfig:
+        """A flow's default: its recording written to ``path``.
+
+        Example:
+            >>> RerunConfig.recording(Path("out/m.rrd"), "vigil-m", ViewLabels()).mode
+            'rrd'
+
+        """
+        return cls(
+            mode="rrd",
+            path=path,
+            application_id=application_id,
+            recording_id=default_recording_id(application_id),
+            labels=labels,
+        )
+
+    @classmethod
     def from_env(
         cls,
         env: Env,

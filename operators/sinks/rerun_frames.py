@@ -28,11 +28,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from operators.events import datetime_to_ms
 from operators.frames import Box, ScoredFrame
-from operators.sinks.rerun import TIMELINE, RerunConfig, open_stream
+from operators.sinks.rerun import TIMELINE, RerunConfig, close_stream, open_stream
 
 logger = logging.getLogger(__name__)
 
-_FLUSH_S = 30.0
 _RED = (230, 40, 40)
 _GREY = (170, 170, 170)
 _OPACITY = 0.45
@@ -225,9 +224,5 @@ class _FramePartition(StatelessSinkPartition[ScoredFrame]):
         self._rec.log(f"{root}/image/truth", _boxes(f.truth, _GREY, scored=False))
 
     def close(self) -> None:
-        try:
-            self._rec.flush(timeout_sec=_FLUSH_S)
-        except Exception:  # an unreachable viewer must not fail the flow's shutdown
-            logger.exception("could not flush the Rerun view to %s", self._dest)
-        self._rec.disconnect()
+        close_stream(self._rec, self._dest)
         logger.info("logged %d frames (%d images) to %s", self._frames, self._images, self._dest)
