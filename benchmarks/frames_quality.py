@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from generators.telescope import TelescopeSimConfig, iter_frames  # noqa: E402
 from operators.embedding import PatchEmbedder  # noqa: E402
 from operators.frameeval import OriginalMethod, auroc, patch_labels  # noqa: E402
-from operators.framepipe import FramePipeline, PipelineConfig  # noqa: E402
+from operators.framepipe import POOL, FramePipeline, PipelineConfig  # noqa: E402
 from operators.frames import Frame  # noqa: E402
 from operators.membank import BankConfig, MemoryBank  # noqa: E402
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--field", default="synthetic")
     ap.add_argument("--min-overlap", type=int, default=16, help="pixels of a box in a patch")
     ap.add_argument("--position-factor", type=float, default=None)
-    ap.add_argument("--pool", type=int, default=1, help="cells pooled per patch side")
+    ap.add_argument("--pool", type=int, default=POOL, help="cells pooled per patch side")
     args = ap.parse_args(argv)
 
     sim = TelescopeSimConfig(

@@ -40,6 +40,7 @@ from dataflows.frames import Config, FrameSinks, build_flow  # noqa: E402
 from generators.telescope import TelescopeSimConfig, iter_frames, iter_messages  # noqa: E402
 from operators.events import RawBatch  # noqa: E402
 from operators.framecodec import decode_frame  # noqa: E402
+from operators.framepipe import POOL  # noqa: E402
 from operators.framescore import score_patches, with_position  # noqa: E402
 from operators.framesteps import SharedPipeline  # noqa: E402
 from operators.sinks.rerun_frames import FrameRerunSink, FrameViewConfig  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--other-frames", type=int, default=20, help="reference frames of each")
     ap.add_argument("--model", default="lite0")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--pool", type=int, default=1, help="model cells pooled per patch side")
+    ap.add_argument("--pool", type=int, default=POOL, help="model cells pooled per patch side")
     args = ap.parse_args(argv)
 
     base = TelescopeSimConfig(seed=args.seed, count=args.frames, sequence_len=0)

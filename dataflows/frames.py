@@ -34,7 +34,7 @@ from operators.embedding import PatchEmbedder
 from operators.events import DeadLetter, RawBatch
 from operators.flowkit import KafkaConfig, Message, check_settings, kafka_source
 from operators.frameimage import FrameLimits
-from operators.framepipe import FramePipeline, PipelineConfig
+from operators.framepipe import POOL, FramePipeline, PipelineConfig
 from operators.framequality import QualityRules
 from operators.frames import ScoredFrame
 from operators.framescore import FALSE_ALARM_RATE
@@ -109,7 +109,7 @@ class Config:
     false_alarm_rate: float = FALSE_ALARM_RATE
     rules: QualityRules = field(default_factory=QualityRules)
     conditions: str | None = None
-    pool: int = 1
+    pool: int = POOL
     ref_roots: tuple[Path, ...] = ()
     out_dir: Path = Path("vigil-out")
     rerun: RerunConfig = field(default_factory=_rerun_defaults)

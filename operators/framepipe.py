@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 #: Patches kept per target at most (the coreset subsamples beyond).
 MAX_PATCHES = 200_000
+#: Model cells pooled per patch side: 2 x 2 stride-16 cells make a 32-pixel patch, a
+#: quarter of the queries per search (measured: 2.4 times the frames per second through
+#: Milvus Lite, frame AUROC 0.89 against 0.86 unpooled; README, "The telescope frame flow").
+POOL = 2
 #: Reference frames a target needs before it can be calibrated.
 MIN_REFERENCES = 5
 
@@ -74,7 +78,7 @@ class PipelineConfig:
     max_patches: int = MAX_PATCHES
     position_factor: float = POSITION_FACTOR
     conditions: str | None = None
-    pool: int = 1
+    pool: int = POOL
 
     def __post_init__(self) -> None:
         if self.pool < 1 or self.max_patches < 1:

@@ -34,7 +34,7 @@ from typing import Any
 from operators.embedding import PatchEmbedder
 from operators.framecodec import FrameDecodeError, read_frame_file
 from operators.framefiles import FileDefaults
-from operators.framepipe import FramePipeline, PipelineConfig
+from operators.framepipe import POOL, FramePipeline, PipelineConfig
 from operators.frames import Frame, ScoredFrame
 from operators.framescore import FALSE_ALARM_RATE
 from operators.membank import BankConfig, BankError, MemoryBank
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="lite0", help="lite0, random or an ONNX file")
     parser.add_argument("--object", default=None, help="target of files with no OBJECT keyword")
     parser.add_argument("--camera", default="file", help="camera id given to the frames")
-    parser.add_argument("--pool", type=int, default=1, help="model cells pooled per patch side")
+    parser.add_argument("--pool", type=int, default=POOL, help="model cells pooled per patch side")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     index = sub.add_parser("index", help="make FILES the references of a target")

@@ -48,7 +48,7 @@ def test_index_score_accept_info(
     assert main([*bank, "index", "--target", "M31", *refs]) == 0
     [summary] = lines(capsys)
     assert summary["references"] == REFS
-    assert summary["patches"] == REFS * 9 * 12  # 144 / 16 rows, 192 / 16 columns
+    assert summary["patches"] == REFS * 5 * 6  # 2 x 2 cells of 16 px: 144 / 32, 192 / 32
     assert summary["threshold"] > 0
 
     rest = files[REFS:]
@@ -78,7 +78,7 @@ def test_index_score_accept_info(
     assert main([*bank, "info"]) == 0
     [info] = lines(capsys)
     assert info["target"] == "M31"
-    assert info["patches"] == (REFS + 1) * 9 * 12
+    assert info["patches"] == (REFS + 1) * 5 * 6
 
 
 def test_bad_files_are_reported_and_the_rest_scored(
