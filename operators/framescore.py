@@ -24,8 +24,8 @@ with no constant threshold:
   calibrated without it) are fitted with a Gumbel law of maxima, and the
   threshold is its quantile at the chosen false-alarm rate per frame.
 * **Boxes.** Cells above the threshold seed regions that grow through
-  neighbouring cells above half of it (hysteresis); each region becomes a
-  box in pixels.
+  neighbouring cells half-way there from their own scale (hysteresis,
+  :func:`grow_level`); each region becomes a box in pixels.
 
 Example:
     >>> import numpy as np
@@ -61,7 +61,8 @@ CELL_QUANTILE = 0.9
 SCALE_FLOOR = 0.25
 #: Default false-alarm rate per usable normal frame.
 FALSE_ALARM_RATE = 0.005
-#: Regions grow through neighbouring cells above this share of the threshold.
+#: Regions grow through neighbouring cells this share of the way from the cells' scale (1)
+#: to the threshold.
 GROW_SHARE = 0.5
 _EULER_GAMMA = 0.5772156649015329
 
@@ -256,11 +257,25 @@ def calibrate(
     )
 
 
+def grow_level(threshold: float) -> float:
+    """The patch score a box grows through: half-way from a cell's own scale to the threshold.
+
+    A patch score of 1 is its cell's 90th percentile among the references, so a tenth of
+    normal patches exceed it; growing through them would spread a box over the sky.
+
+    Example:
+        >>> grow_level(3.0)
+        2.0
+
+    """
+    return 1.0 + GROW_SHARE * max(threshold - 1.0, 0.0)
+
+
 def _boxes(z: F32, threshold: float, stride: int, shape: tuple[int, int]) -> tuple[Box, ...]:
     hot = z > threshold
     if not hot.any():
         return ()
-    regions, count = ndimage.label(z > GROW_SHARE * threshold, structure=np.ones((3, 3)))
+    regions, count = ndimage.label(z > grow_level(threshold), structure=np.ones((3, 3)))
     boxes = []
     for index, where in enumerate(ndimage.find_objects(regions), start=1):
         if where is None:

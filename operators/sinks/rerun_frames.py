@@ -4,7 +4,7 @@ Entities, on the ``event_time`` timeline (the frame's UT time), per camera:
 
 * ``frames/<camera>/image``: the frame, asinh-stretched to 8 bits and JPEG-compressed;
 * ``frames/<camera>/image/anomaly``: the anomaly map as a segmentation image drawn over
-  the frame at 45 % opacity (class 1: above half the threshold, 2: above it);
+  the frame at 45 % opacity (class 1: half-way from normal to the threshold, 2: above it);
 * ``frames/<camera>/image/boxes``: boxes of the anomalous regions, red, labelled with
   their peak score; ``frames/<camera>/image/truth``: a simulator's ground-truth boxes, grey;
 * ``frames/<camera>/header``: the header and the decision as a Markdown text document;
@@ -28,6 +28,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from operators.events import datetime_to_ms
 from operators.frames import Box, ScoredFrame
+from operators.framescore import grow_level
 from operators.sinks.rerun import TIMELINE, RerunConfig, close_stream, open_stream
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class _FramePartition(StatelessSinkPartition[ScoredFrame]):
             rr.AnnotationContext(
                 [
                     (0, "normal", (0, 0, 0, 0)),
-                    (1, "above half the threshold", (255, 190, 0, 110)),
+                    (1, "on the way to the threshold", (255, 190, 0, 110)),
                     (2, "anomalous", (*_RED, 255)),
                 ]
             ),
@@ -214,7 +215,7 @@ class _FramePartition(StatelessSinkPartition[ScoredFrame]):
             image = rr.Image(stretch(f.pixels), color_model="L").compress(_JPEG_QUALITY)
             self._rec.log(f"{root}/image", image)
             if item.anomaly_map is not None:
-                classes = (item.anomaly_map > 0.5 * item.threshold).astype(np.uint8)
+                classes = (item.anomaly_map > grow_level(item.threshold)).astype(np.uint8)
                 classes += item.anomaly_map > item.threshold
                 self._rec.log(
                     f"{root}/image/anomaly", rr.SegmentationImage(classes, opacity=_OPACITY)

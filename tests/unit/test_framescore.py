@@ -14,6 +14,7 @@ from operators.frames import Frame, FrameHeader
 from operators.framescore import (
     Calibration,
     calibrate,
+    grow_level,
     gumbel_threshold,
     position_weight,
     score_patches,
@@ -47,7 +48,10 @@ def test_an_anomaly_gives_one_box_grown_through_its_neighbours() -> None:
     z = d / cal.cell_scale
     cell = 2 * GRID[1] + 3
     d[cell] = 3.0 * cal.threshold * cal.cell_scale[cell]  # seed above the threshold
-    d[cell + 1] = 0.7 * cal.threshold * cal.cell_scale[cell + 1]  # grown: above half of it
+    # Grown: between the growth level and the threshold.
+    between = (grow_level(cal.threshold) + cal.threshold) / 2
+    d[cell + 1] = between * cal.cell_scale[cell + 1]
+    d[cell - 1] = 0.99 * grow_level(cal.threshold) * cal.cell_scale[cell - 1]  # not grown
     result = score_patches(d, cal, shape=(90, 120))  # not a multiple of the stride
     assert result.score == pytest.approx(3.0 * cal.threshold, rel=1e-5)
     assert [(b.x0, b.y0, b.x1, b.y1) for b in result.boxes] == [(48, 32, 80, 48)]
