@@ -123,8 +123,6 @@ def _run(args: argparse.Namespace, pipeline: FramePipeline) -> int:
         except (FrameDecodeError, OSError, ValueError) as err:
             print(f"vigil-frames: {path}: {err}", file=sys.stderr)
             failed += 1
-            if args.command == "score":
-                continue
     if args.command == "index":
         usable, unusable = pipeline.usable([f for _, f in frames])
         for frame, reason in unusable:
