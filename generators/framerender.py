@@ -191,7 +191,7 @@ def make_frame(cfg: TelescopeSimConfig, plan: FramePlan, sky: Sky) -> Frame:
         camera=cfg.cameras[plan.camera],
         header=plan.header,
         pixels=render(cfg, plan, sky),
-        truth=tuple(inj.box for inj in plan.injections),
+        truth=tuple(b for inj in plan.injections for b in inj.truth),
         unusable=plan.unusable,
         origin=ORIGIN,
     )

@@ -40,7 +40,9 @@ TRACKING_AR = 0.85
 USABLE_WEATHER = (75.0, 100.0)
 CLOUDS_WEATHER = (20.0, 60.0)
 POOR_WEATHER = (0.0, 35.0)
-FOCUS_JITTER = 3.0  # steps, standard deviation of an in-focus frame's focuser position
+FOCUS_JITTER = 3.0
+# Ground truth of a trail: one box per piece this many pixels long.
+TRUTH_SEGMENT = 16.0  # steps, standard deviation of an in-focus frame's focuser position
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class Injection:
             hot pixels and cosmic rays: each pixel hit).
         y: Pixel rows, likewise.
         snr: Amplitude of each point (or of the whole line) in units of the sky noise.
+        pieces: Ground truth when one box would overstate it: a trail's chain of
+            short segment boxes (its drawing box spans the whole diagonal).
 
     """
 
@@ -60,6 +64,12 @@ class Injection:
     x: tuple[float, ...]
     y: tuple[float, ...]
     snr: tuple[float, ...]
+    pieces: tuple[Box, ...] = ()
+
+    @property
+    def truth(self) -> tuple[Box, ...]:
+        """The ground-truth boxes: :attr:`pieces`, else :attr:`box`."""
+        return self.pieces or (self.box,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +235,8 @@ class _CameraPlanner:
                 min(xs) - pad, min(ys) - pad, max(xs) + pad + 1, max(ys) + pad + 1, w, h, kind
             )
             snr = _between(cfg.satellite_trail_snr, rng.random())
-            out.append(Injection(box, xs, ys, (snr,)))
+            pieces = segment_boxes(xs, ys, pad, w, h, kind)
+            out.append(Injection(box, xs, ys, (snr,), pieces))
         if rng.random() < cfg.hot_pixel_prob:
             n = int(rng.integers(1, 4))
             x0, y0 = int(rng.integers(1, w - 1)), int(rng.integers(1, h - 1))
@@ -264,6 +275,41 @@ class _CameraPlanner:
 
 def _between(bounds: tuple[float, float], u: float) -> float:
     return float(bounds[0] + (bounds[1] - bounds[0]) * u)
+
+
+def segment_boxes(
+    xs: tuple[float, float],
+    ys: tuple[float, float],
+    pad: float,
+    w: int,
+    h: int,
+    kind: str,
+    step: float = TRUTH_SEGMENT,
+) -> tuple[Box, ...]:
+    """Boxes ``pad`` pixels around each ``step``-pixel piece of the line from ``xs[0], ys[0]``.
+
+    Example:
+        >>> boxes = segment_boxes((0.0, 30.0), (0.0, 30.0), 1.0, 100, 100, "satellite_trail")
+        >>> [(b.x0, b.y0, b.x1, b.y1) for b in boxes]
+        [(0, 0, 12, 12), (9, 9, 22, 22), (19, 19, 32, 32)]
+
+    """
+    n = max(1, math.ceil(math.hypot(xs[1] - xs[0], ys[1] - ys[0]) / step))
+    tx = np.linspace(xs[0], xs[1], n + 1)
+    ty = np.linspace(ys[0], ys[1], n + 1)
+    boxes = (
+        _box(
+            min(tx[i], tx[i + 1]) - pad,
+            min(ty[i], ty[i + 1]) - pad,
+            max(tx[i], tx[i + 1]) + pad + 1,
+            max(ty[i], ty[i + 1]) + pad + 1,
+            w,
+            h,
+            kind,
+        )
+        for i in range(n)
+    )
+    return tuple(b for b in boxes if b.x1 > b.x0 and b.y1 > b.y0)
 
 
 def _box(x0: float, y0: float, x1: float, y1: float, w: int, h: int, kind: str) -> Box:

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.embedding import MODELS_DIR, Normalisation, PatchEmbedder, patch_centres
+from operators.embedding import (
+    MODELS_DIR,
+    Normalisation,
+    PatchEmbedder,
+    PointStats,
+    patch_centres,
+)
 from operators.models.randconv import build_randconv
 
 pytestmark = pytest.mark.timeout(120)
@@ -64,7 +70,10 @@ def test_shapes_for_odd_sizes(embedder: PatchEmbedder, shape: tuple[int, int]) -
 
 
 def test_dimensions_of_the_two_models() -> None:
-    assert (PatchEmbedder("lite0").dim, PatchEmbedder("random").dim) == (120, 64)
+    assert (PatchEmbedder("lite0").model_dim, PatchEmbedder("random").model_dim) == (120, 64)
+    extra = PointStats.DIM
+    assert (PatchEmbedder("lite0").dim, PatchEmbedder("random").dim) == (120 + extra, 64 + extra)
+    assert PatchEmbedder("lite0", point_stats=None).dim == 120
 
 
 def test_deterministic(embedder: PatchEmbedder) -> None:
@@ -97,7 +106,7 @@ def test_the_random_model_builds_and_runs_without_torch() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "(3, 4) 64"
+    assert out.stdout.strip() == f"(3, 4) {64 + PointStats.DIM}"
 
 
 def test_stored_reference_outputs() -> None:
@@ -105,8 +114,11 @@ def test_stored_reference_outputs() -> None:
     emb = PatchEmbedder("random")
     np.testing.assert_allclose(emb.preprocess(ref["pixels"]), ref["input"], rtol=1e-6, atol=1e-6)
     for name in MODELS:
-        got = PatchEmbedder(name).embed(ref["pixels"]).features
+        got = PatchEmbedder(name, point_stats=None).embed(ref["pixels"]).features
         np.testing.assert_allclose(got, ref[name], rtol=1e-4, atol=1e-4)
+        both = PatchEmbedder(name).embed(ref["pixels"]).features
+        np.testing.assert_array_equal(both[:, : got.shape[1]], got)
+        np.testing.assert_allclose(both[:, got.shape[1] :], PointStats()(ref["pixels"], 16))
 
 
 def test_lite0_matches_torch() -> None:
@@ -120,7 +132,7 @@ def test_lite0_matches_torch() -> None:
     d, gh, gw = expected.shape[1:]
     expected = expected[0].reshape(d, gh * gw).T
     np.testing.assert_allclose(ref["lite0"], expected, rtol=1e-4, atol=1e-4)
-    got = PatchEmbedder("lite0").embed(ref["pixels"]).features
+    got = PatchEmbedder("lite0", point_stats=None).embed(ref["pixels"]).features
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -146,6 +158,50 @@ def test_a_local_change_moves_its_own_patch_most(embedder: PatchEmbedder, kind: 
     peak = tuple(int(i) for i in np.unravel_index(change.argmax(), change.shape))
     assert peak in {(8, 7), (8, 6), (7, 7), (7, 6)}
     assert change[8, 7] > 10 * change[far].max()
+
+
+def _cell(stats: np.ndarray, grid: tuple[int, int]) -> tuple[int, int]:
+    r, c = divmod(int(stats.argmax()), grid[1])
+    return r, c
+
+
+def test_point_stats_find_a_hot_pixel_but_not_the_stars() -> None:
+    base = star_frame((256, 256), seed=11, n_stars=25)
+    stats = PointStats()
+    clean = stats(base, 16)
+    hot = base.astype(np.float64)
+    hot[136, 120] += 400.0  # cell (8, 7), about 12 noise units
+    hit = stats(hot.astype(np.uint16), 16)
+    assert _cell(hit[:, 0], (16, 16)) == (8, 7)
+    # The stars (FWHM 3.5 pixels) stay near the noise's level, far below one modest hot pixel.
+    assert clean[:, 0].max() < np.median(clean[:, 0]) + 10.0 < hit[8 * 16 + 7, 0] - 10.0
+    unchanged = np.ones(256, bool)
+    unchanged[8 * 16 + 7] = False
+    np.testing.assert_array_equal(hit[unchanged, 0], clean[unchanged, 0])
+
+
+def test_point_stats_raise_a_faint_point_on_empty_sky_in_its_parity_slot() -> None:
+    rng = np.random.default_rng(3)
+    sky = rng.normal(1000.0, 10.0, (64, 96))
+    yy, xx = np.mgrid[0:64, 0:96]
+    point = sky + 60.0 * np.exp(-((yy - 40) ** 2 + (xx - 52) ** 2) / (2 * 1.5**2))  # cell (2, 3)
+    stats = PointStats()
+    before, after = stats(sky.astype(np.uint16), 16), stats(point.astype(np.uint16), 16)
+    grid = (4, 6)
+    change = np.abs(after - before)[:, 1:].sum(axis=1)
+    assert _cell(change, grid) == (2, 3)
+    cell = after[2 * 6 + 3]  # row 2 even, column 3 odd: parity slot 1, values 5 to 8
+    assert cell[5:9].max() > 5.0
+    assert not cell[1:5].any()
+    assert not cell[9:].any()
+    assert before[:, 1:].max() < 1.0  # pure noise hardly ever clears 3.5 noise units smoothed
+
+
+def test_point_stats_ignore_sky_level_and_gain() -> None:
+    frame = star_frame((101, 77), seed=4)
+    base = PointStats()(frame, 16)
+    for other in (frame + np.uint16(3000), (frame.astype(np.uint32) * 2 + 500).astype(np.uint16)):
+        np.testing.assert_allclose(PointStats()(other, 16), base, atol=0.05, rtol=0.02)
 
 
 def test_background_level_and_gain_do_not_matter(embedder: PatchEmbedder) -> None:
@@ -213,8 +269,8 @@ def test_any_onnx_file_with_the_contract(tmp_path: Path) -> None:
     bare.write_bytes(model.SerializeToString())
     frame = star_frame((70, 90), seed=5)
     a, b = PatchEmbedder(with_meta), PatchEmbedder(str(bare))
-    assert (a.stride, a.dim, a.min_size) == (16, 16, 32)
-    assert (b.stride, b.dim, b.min_size) == (16, 16, 16)
+    assert (a.stride, a.model_dim, a.min_size) == (16, 16, 32)
+    assert (b.stride, b.model_dim, b.min_size) == (16, 16, 16)
     np.testing.assert_array_equal(a.embed(frame).features, b.embed(frame).features)
 
 
@@ -240,7 +296,7 @@ def write_reference() -> None:
     pixels = star_frame((96, 80), seed=2024, n_stars=12)
     arrays = {"pixels": pixels, "input": PatchEmbedder("random").preprocess(pixels)}
     for name in MODELS:
-        arrays[name] = PatchEmbedder(name).embed(pixels).features
+        arrays[name] = PatchEmbedder(name, point_stats=None).embed(pixels).features
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(REFERENCE, allow_pickle=False, **arrays)
 
