@@ -181,4 +181,5 @@ def apply_policy(policy: AlertPolicy, state: AlertState, det: DetectedBatch) -> 
         threshold=policy.threshold,
         detector=det.detector,
         alerts=tuple(alerts),
+        expected=det.expected,
     )

@@ -138,6 +138,8 @@ class SeriesBatch:
         raw: The original payload bytes of each reading, kept so that a
             later step can still dead-letter a reading with its bytes.
         normalized: Values after the normalize step (``None`` before it).
+        channels: Every value of a multi-channel reading, ``(n, channels)``
+            (``None``: ``values`` is the only one), for window models.
 
     """
 
@@ -150,6 +152,7 @@ class SeriesBatch:
     offsets: IntArray | None = None
     raw: tuple[bytes | None, ...] = ()
     normalized: FloatArray | None = None
+    channels: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -199,6 +202,7 @@ class DetectedBatch:
             length of a run of identical values, or a gap in seconds).
         parts: The value detector's named parts behind each raw score
             (:meth:`operators.detectors.base.Detector.explain`), for reasons.
+        expected: What a model expected each value to be (a reconstruction), if any.
 
     """
 
@@ -210,6 +214,7 @@ class DetectedBatch:
     detector: str
     details: FloatArray
     parts: dict[str, FloatArray] = field(default_factory=dict)
+    expected: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -230,6 +235,7 @@ class ScoredBatch:
         threshold: The alert threshold the calibrated scores were held to.
         detector: Name of the detector.
         alerts: The alerts raised within this batch.
+        expected: What a model expected each value to be, if any (drawn in views).
 
     """
 
@@ -243,6 +249,7 @@ class ScoredBatch:
     threshold: float
     detector: str
     alerts: tuple[Alert, ...] = field(default=())
+    expected: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.values)

@@ -45,6 +45,7 @@ from operators.sinks.files import JsonlSink
 from operators.sinks.kafka import KafkaBytesSink
 from operators.sinks.rerun import RerunConfig, RerunSink
 from operators.sources.kafka import KafkaBatchSource
+from operators.windowmodel import ErrorCalibrator, WindowModel, detect_windows
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,20 @@ class KafkaConfig:
             tail=env.flag("KAFKA_TAIL", True),
             extra=env.json_object("KAFKA_CONFIG"),
         )
+
+
+@dataclass(frozen=True)
+class WindowDetect:
+    """The detect step of a flow scored by a trained window model (:mod:`operators.windowmodel`).
+
+    Attributes:
+        model: The model.
+        calibrator: Calibration settings (``None``: the model's reference, defaults).
+
+    """
+
+    model: WindowModel
+    calibrator: ErrorCalibrator | None = None
 
 
 @dataclass(frozen=True)
@@ -234,7 +249,7 @@ def wire(
     sinks: Sinks,
     *,
     make_normalizer: Callable[[], Normalizer],
-    detect: steps.DetectConfig,
+    detect: steps.DetectConfig | WindowDetect,
     policy: AlertPolicy,
     fmt: WireFormat,
 ) -> None:
@@ -245,7 +260,7 @@ def wire(
         source: Raw message batches.
         sinks: The outputs.
         make_normalizer: A zero-argument callable building one series' normalizer.
-        detect: Value detector and extra features.
+        detect: Value detector and extra features, or a trained window model.
         policy: The alert policy.
         fmt: Field names of the wire format.
 
@@ -254,7 +269,10 @@ def wire(
     raw = op.input("input", flow, source)
     decoded = steps.decode("decode", raw, name, fmt)
     normalized = steps.normalize("normalize", decoded.oks, make_normalizer, name)
-    detected = steps.detect("detect", normalized.oks, detect)
+    if isinstance(detect, WindowDetect):
+        detected = detect_windows("detect", normalized.oks, detect.model, detect.calibrator)
+    else:
+        detected = steps.detect("detect", normalized.oks, detect)
     scored = steps.alert("alert", detected, policy, name)
 
     alerts = steps.alerts_of("alerts", scored)

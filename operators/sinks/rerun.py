@@ -193,6 +193,7 @@ class RerunSink(DynamicSink[ScoredBatch]):
 @dataclass(frozen=True, slots=True)
 class _Paths:
     temp: str
+    expected: str
     alert: str
     labelled: str
     score: str
@@ -236,6 +237,7 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         root = rr.escape_entity_path_part(labels.entity)
         paths = _Paths(
             temp=f"{root}/{part}",
+            expected=f"{root}/{part}/expected",
             alert=f"{root}/{part}/alert",
             labelled=f"{root}/{part}/labelled",
             score=f"score/{part}",
@@ -251,6 +253,15 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
                     colors=colour,
                     names=f"{labels.noun} {series}",
                     widths=1.5,
+                    aggregation_policy=_AGGREGATION,
+                ),
+            ),
+            (
+                paths.expected,
+                rr.SeriesLines(
+                    colors=(150, 150, 150),
+                    names=f"model expected {series}",
+                    widths=1.0,
                     aggregation_policy=_AGGREGATION,
                 ),
             ),
@@ -304,6 +315,10 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         self._send(paths.score, times, _scalars(np.column_stack((scores, thresholds))))
         if alerted.any():
             self._send(paths.alert, [_timestamps(ts[alerted])], _scalars(values[alerted]))
+        expected = _expected(batches)
+        if expected is not None:
+            known = np.isfinite(expected)
+            self._send(paths.expected, [_timestamps(ts[known])], _scalars(expected[known]))
         if self._cfg.labels.cloud:
             self._write_cloud(paths, ts, values, alerted)
         labelled = _labelled(batches)
@@ -353,6 +368,15 @@ def _scalars(values: FloatArray) -> rr.ComponentColumn:
 def _positions(xyz: npt.NDArray[np.float32]) -> rr.ComponentColumn:
     batch = rr.components.Position3DBatch(xyz)
     return rr.ComponentColumn(_POSITIONS, batch, offsets=np.arange(len(xyz) + 1, dtype=np.int32))
+
+
+def _expected(batches: list[ScoredBatch]) -> FloatArray | None:
+    """What a model expected of each reading (``nan``: nothing), or ``None`` without a model."""
+    if all(b.expected is None for b in batches):
+        return None
+    return np.concatenate(
+        [np.full(len(b), np.nan) if b.expected is None else b.expected for b in batches]
+    )
 
 
 def _labelled(batches: list[ScoredBatch]) -> BoolArray | None:
