@@ -5,6 +5,7 @@ Examples::
     vigil-generate sensors --bootstrap localhost:9092 --rate 5000 --count 0
     vigil-generate sensors --preset original --count 1000 --out readings.jsonl
     vigil-generate metrics --bootstrap localhost:9092 --shape trend --series 5
+    vigil-generate bears --bootstrap localhost:9092 --bears 8
     python -m generators.cli sensors --count 10          # JSON lines on stdout
     vigil-generate frames --bootstrap localhost:9092 --rate 2
     vigil-generate frames --fields m13 --targets M13 --out frames/   # FITS files, truth.jsonl
@@ -37,7 +38,7 @@ from typing import IO, Any
 
 import orjson
 
-from generators import frames_cli, metrics, sensors, telescope
+from generators import frames_cli, metrics, sensors, series_cli, telescope
 from generators.metrics import MetricSimConfig
 from generators.sensors import SensorSimConfig
 from generators.simkit import SimConfigError
@@ -81,6 +82,7 @@ for _kind in sensors.KINDS:
     _HELP[f"{_kind}_len"] = f"readings a {_kind} episode lasts"
 
 _CHOICES = {"shape": metrics.SHAPES}
+_Config = SensorSimConfig | MetricSimConfig | TelescopeSimConfig | series_cli.SeriesConfig
 
 
 def _pair(kind: type[int] | type[float]) -> Callable[[str], tuple[float, float]]:
@@ -208,20 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     frames_cli.add_options(frame_cmd)
     helps = {**_HELP, **telescope.SETTING_HELP}
     _add_sim_options(frame_cmd, TelescopeSimConfig(), helps, "simulator settings")
+    series_cli.add_bears_parser(sub, _add_output_options, _add_sim_options)
     return parser
 
 
-def config_from_args(
-    args: argparse.Namespace,
-) -> SensorSimConfig | MetricSimConfig | TelescopeSimConfig:
+def config_from_args(args: argparse.Namespace) -> _Config:
     """The simulator settings of the subcommand: defaults (or preset), then every option given.
 
     Raises:
         SimConfigError: when the settings are invalid.
 
     """
-    base: SensorSimConfig | MetricSimConfig | TelescopeSimConfig
-    if args.command == "metrics":
+    base: _Config
+    if args.command in series_cli.CONFIGS:
+        base = series_cli.CONFIGS[args.command]()
+    elif args.command == "metrics":
         base = MetricSimConfig()
     elif args.command == "frames":
         base = TelescopeSimConfig()
@@ -233,10 +236,10 @@ def config_from_args(
     return cfg
 
 
-def iter_messages(
-    cfg: SensorSimConfig | MetricSimConfig | TelescopeSimConfig,
-) -> Iterator[tuple[bytes, bytes]]:
+def iter_messages(cfg: _Config) -> Iterator[tuple[bytes, bytes]]:
     """The messages of any simulator (frames as PNG)."""
+    if isinstance(cfg, series_cli.SeriesConfig):
+        return series_cli.iter_messages(cfg)
     if isinstance(cfg, TelescopeSimConfig):
         return telescope.iter_messages(cfg)
     if isinstance(cfg, MetricSimConfig):

@@ -1,7 +1,7 @@
 """In-process Bytewax source of simulated messages, partitioned like Kafka.
 
 :class:`SimulatorSource` feeds a flow the exact bytes the ``vigil-generate``
-CLI would produce to a topic, for any simulator (sensors, metrics): each
+CLI would produce to a topic, for any simulator (sensors, metrics, bears): each
 message goes to partition ``crc32(key) % partitions`` (librdkafka's default
 ``consistent_random`` partitioner for keyed messages) with offsets counting
 from 0 in each partition. Its resume state is the next offset of a partition; a resumed
@@ -163,7 +163,8 @@ class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
     Args:
         cfg: Simulator settings, such as a
             :class:`~generators.sensors.SensorSimConfig` or a
-            :class:`~generators.metrics.MetricSimConfig` (their ``count``
+            :class:`~generators.metrics.MetricSimConfig` or a
+            :class:`~generators.bears.BearSimConfig` (their ``count``
             bounds the whole source; 0: endless).
         partitions: Number of partitions, like a topic's.
         batch_size: Most messages per emitted batch.

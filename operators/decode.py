@@ -39,7 +39,7 @@ class Decoded:
 class _Columns:
     """Growing columns of one series while a batch is decoded."""
 
-    __slots__ = ("labels", "offsets", "raw", "ts", "values")
+    __slots__ = ("channels", "labels", "offsets", "raw", "ts", "values")
 
     def __init__(self) -> None:
         self.ts: list[int] = []
@@ -47,6 +47,7 @@ class _Columns:
         self.labels: list[str | None] = []
         self.offsets: list[int] = []
         self.raw: list[bytes | None] = []
+        self.channels: list[tuple[float, ...]] = []
 
 
 def decode_batch(raw: RawBatch, fmt: WireFormat = SENSORS) -> Decoded:
@@ -65,7 +66,12 @@ def decode_batch(raw: RawBatch, fmt: WireFormat = SENSORS) -> Decoded:
     errs: list[DeadLetter] = []
     for key, value, offset in zip(raw.keys, raw.values, raw.offsets, strict=True):
         try:
-            series, ts_ms, temp, label = decode_fields(key, value, fmt)
+            if fmt.channels is None:
+                series, ts_ms, temp, label = decode_fields(key, value, fmt)
+                channels = None
+            else:
+                series, ts_ms, channels, label = fmt.channels(key, value)
+                temp = channels[fmt.primary]
         except DecodeError as exc:
             errs.append(DeadLetter(raw.origin, raw.partition, offset, key, value, STEP, str(exc)))
             continue
@@ -77,6 +83,8 @@ def decode_batch(raw: RawBatch, fmt: WireFormat = SENSORS) -> Decoded:
         col.labels.append(label)
         col.offsets.append(offset)
         col.raw.append(value)
+        if channels is not None:
+            col.channels.append(channels)
     oks = tuple(
         SeriesBatch(
             series=series,
@@ -87,6 +95,7 @@ def decode_batch(raw: RawBatch, fmt: WireFormat = SENSORS) -> Decoded:
             partition=raw.partition,
             offsets=np.asarray(col.offsets, dtype=np.int64),
             raw=tuple(col.raw),
+            channels=np.asarray(col.channels, dtype=np.float64) if col.channels else None,
         )
         for series, col in columns.items()
     )

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -48,6 +49,11 @@ MAX_TS_MS = datetime_to_ms(datetime(2100, 1, 1, tzinfo=UTC))
 MAX_SERIES_LEN = 256
 
 
+ChannelDecoder = Callable[
+    [bytes | None, bytes | None], tuple[str, int, tuple[float, ...], str | None]
+]
+
+
 class DecodeError(ValueError):
     """A message that is not a valid reading; the text says why."""
 
@@ -58,18 +64,27 @@ class WireFormat:
 
     Attributes:
         series_field: Field of the series id (the message key stands in when it is absent).
-        value_field: Field of the numeric value.
+        value_field: Field of the numeric value (of a multi-channel reading: the
+            channel that stands for it in views and reasons).
+        channels: Decoder of a multi-channel reading: ``(key, value)`` to
+            ``(series, ts_ms, channel values, label)``, raising :class:`DecodeError`
+            (``None``: one value, decoded by :func:`decode_fields`).
+        primary: Index of ``value_field`` among the channels.
 
     """
 
     series_field: str
     value_field: str
+    channels: ChannelDecoder | None = None
+    primary: int = 0
 
 
 #: The sensors flow's format, the original warehouse pipeline's.
 SENSORS = WireFormat("sensor_id", "temp")
 #: The metrics flow's format.
 METRICS = WireFormat("series", "value")
+#: The wildlife flow's format: bear heart rates in beats per minute.
+BEARS = WireFormat("bear_id", "heart_rate")
 
 
 def format_ts(ts: datetime) -> str:

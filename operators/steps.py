@@ -146,6 +146,7 @@ def _take(batch: SeriesBatch, keep: np.ndarray) -> SeriesBatch:
         labels=tuple(batch.labels[i] for i in idx),
         offsets=None if batch.offsets is None else batch.offsets[keep],
         raw=tuple(batch.raw[i] for i in idx) if batch.raw else (),
+        channels=None if batch.channels is None else batch.channels[keep],
     )
 
 

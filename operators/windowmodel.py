@@ -86,6 +86,10 @@ class WindowModel:
         center: Per-channel value subtracted before the model (raw units).
         scale: Per-channel divisor after ``center``.
         reference: Held-out outputs of normal windows, the calibration's prior.
+        error: An autoencoder's output: ``last``, the absolute error of the newest
+            reading averaged over channels (an anomaly scores when it arrives, and
+            only then), or ``mean``, the mean absolute error over the whole window
+            (a spike keeps every window that holds it high, ``window`` readings long).
         input_name: The model's input.
         threads: onnxruntime intra-op threads.
         max_batch: Windows per onnxruntime call.
@@ -100,6 +104,7 @@ class WindowModel:
     center: tuple[float, ...]
     scale: tuple[float, ...]
     reference: tuple[float, ...] = ()
+    error: Literal["last", "mean"] = "last"
     input_name: str = "window"
     threads: int = 1
     max_batch: int = 4096
@@ -107,6 +112,8 @@ class WindowModel:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"{self.name}: expected kind in {KINDS}, got {self.kind!r}")
+        if self.error not in ("last", "mean"):
+            raise ValueError(f"{self.name}: expected error 'last' or 'mean', got {self.error!r}")
         if self.window < 2 or self.channels < 1:
             msg = f"{self.name}: expected window >= 2 and channels >= 1, got {self.window}, "
             raise ValueError(msg + f"{self.channels}")
@@ -143,9 +150,9 @@ class WindowModel:
         """Model outputs of raw-unit windows ``(m, window, channels)``.
 
         Returns:
-            ``(outputs, expected)``: per window, the autoencoder's mean absolute
-            reconstruction error in scaled units (or the classifier's
-            probability), and the reconstruction of the last reading in raw
+            ``(outputs, expected)``: per window, the autoencoder's absolute
+            reconstruction error in scaled units (see :attr:`error`; or the
+            classifier's probability), and the reconstruction of the last reading in raw
             units, ``(m, channels)`` (``nan`` for a classifier).
 
         """
@@ -163,7 +170,11 @@ class WindowModel:
             if self.kind == "classifier":
                 outputs[lo : lo + len(x)] = np.asarray(y, np.float64).reshape(len(x))
             else:
-                outputs[lo : lo + len(x)] = np.abs(y - x).mean(axis=(1, 2))
+                err = np.abs(y - x)
+                if self.error == "last":
+                    outputs[lo : lo + len(x)] = err[:, -1, :].mean(axis=1)
+                else:
+                    outputs[lo : lo + len(x)] = err.mean(axis=(1, 2))
                 expected[lo : lo + len(x)] = y[:, -1, :] * scale + center
         return outputs, expected
 
@@ -272,11 +283,6 @@ class ErrorCalibrator:
     since_fit: int = 0
     _model: TailModel | None = field(default=None, repr=False)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = None  # refitted on demand
-        return state
-
     def _fit(self) -> TailModel | None:
         sample = self.own if len(self.own) >= self.min_history else np.asarray(self.reference)
         if len(sample) < 10:
@@ -284,21 +290,34 @@ class ErrorCalibrator:
         return TailModel(sample, tail=self.tail, xi_max=0.9)
 
     def surprise(self, outputs: FloatArray) -> FloatArray:
-        """``-log10`` upper-tail probability of each output, learning as it goes (``nan``: 0)."""
-        out = np.zeros(len(outputs))
-        for lo in range(0, len(outputs), self.refresh):
-            chunk = outputs[lo : lo + self.refresh]
+        """``-log10`` upper-tail probability of each output, learning as it goes (``nan``: 0).
+
+        The same numbers however the outputs are split into calls: the tail model is
+        refitted exactly when ``refresh`` outputs have been learned since the last fit
+        (or, without one, as soon as there are enough to fit).
+        """
+        n = len(outputs)
+        out = np.zeros(n)
+        lo = 0
+        while lo < n:
             if self._model is None or self.since_fit >= self.refresh:
                 self._model = self._fit()
                 self.since_fit = 0
+            # Up to the next point where a refit may be due (learned values only count).
+            if self._model is None:
+                step = max(self.min_history - len(self.own), 1)
+            else:
+                step = self.refresh - self.since_fit
+            chunk = outputs[lo : lo + step]
+            scores = out[lo : lo + len(chunk)]
             ok = np.isfinite(chunk)
             if self._model is not None and ok.any():
-                s = -self._model.log10_upper(chunk[ok])
-                out[lo : lo + len(chunk)][ok] = np.clip(s, 0.0, MAX_SURPRISE)
-            learn = chunk[ok & (out[lo : lo + len(chunk)] < self.skip_above)]
+                scores[ok] = np.clip(-self._model.log10_upper(chunk[ok]), 0.0, MAX_SURPRISE)
+            learn = chunk[ok & (scores < self.skip_above)]
             if len(learn):
                 self.own = np.concatenate((self.own, learn.astype(np.float32)))[-self.history :]
                 self.since_fit += len(learn)
+            lo += len(chunk)
         return out
 
 

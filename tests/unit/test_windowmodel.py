@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import bytewax.operators as op
@@ -85,7 +86,10 @@ def test_autoencoder_outputs_are_scaled_errors_and_raw_reconstructions(model: Wi
     wins = np.random.default_rng(1).normal(10.0, 3.0, (5, 4, 2)).astype(np.float32)
     outputs, expected = model.run(wins)
     scaled = (wins - np.array([10.0, 0.0])) / np.array([2.0, 1.0])
-    np.testing.assert_allclose(outputs, (1 - HALF) * np.abs(scaled).mean(axis=(1, 2)), rtol=1e-5)
+    # The default: the newest reading's error, averaged over channels.
+    np.testing.assert_allclose(outputs, (1 - HALF) * np.abs(scaled[:, -1]).mean(axis=1), rtol=1e-5)
+    whole = replace(model, error="mean").run(wins)[0]
+    np.testing.assert_allclose(whole, (1 - HALF) * np.abs(scaled).mean(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_allclose(
         expected, HALF * scaled[:, -1] * np.array([2.0, 1.0]) + np.array([10.0, 0.0]), rtol=1e-5
     )
@@ -128,8 +132,24 @@ def test_calibrator_uses_the_reference_until_it_has_its_own_history() -> None:
     assert cal.surprise(np.array([0.5]))[0] > 3.0
     assert len(cal.own) == 301  # neither 5.0 nor the 0.5 just scored were learned
     restored = pickle.loads(pickle.dumps(cal))
-    assert restored._model is None
-    np.testing.assert_allclose(restored.surprise(np.array([0.05])), cal.surprise(np.array([0.05])))
+    probe = np.array([0.05, 0.5, 0.07])
+    np.testing.assert_array_equal(restored.surprise(probe), cal.surprise(probe))
+
+
+def test_calibration_does_not_depend_on_how_outputs_are_split() -> None:
+    rng = np.random.default_rng(5)
+    outputs = rng.gamma(2.0, 0.05, 2000)
+    outputs[rng.integers(200, 2000, 30)] = 3.0  # surprising once there is a history: not learned
+    outputs[rng.integers(0, 2000, 10)] = np.nan
+    whole = ErrorCalibrator(reference=(), min_history=50, refresh=20).surprise(outputs)
+    assert whole.max() > 3.0
+    for cuts in ([1] * 100 + [1900], [7, 13, 333, 1647], [999, 1001]):
+        cal = ErrorCalibrator(reference=(), min_history=50, refresh=20)
+        parts, at = [], 0
+        for n in cuts:
+            parts.append(cal.surprise(outputs[at : at + n]))
+            at += n
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
 def test_nan_outputs_score_zero_and_are_not_learned() -> None:
