@@ -1,7 +1,8 @@
 """Speed of the patch embedding: milliseconds per 650x500 frame on one onnxruntime thread.
 
 For each model (``lite0``, ``random``) prints one JSON object: the normalisation alone,
-and the whole ``embed`` (normalisation + model + reshaping) one frame per call and in
+the point statistics appended to the model's features (:class:`~operators.embedding.PointStats`)
+alone, and the whole ``embed`` (normalisation + model + reshaping) one frame per call and in
 batches of 4 frames (``embed_many``). Each figure is the best of ``--repeats`` timed
 rounds (the least disturbed by other work on a shared machine) next to the median, in
 wall-clock time and in this process's CPU time (``cpu_ms``: what the work costs a core,
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from operators.embedding import PatchEmbedder
+from operators.embedding import PatchEmbedder, PointStats
 
 HEIGHT, WIDTH = 500, 650
 
@@ -70,6 +71,7 @@ def measure(emb: PatchEmbedder, batch: list[np.ndarray], repeats: int) -> dict[s
         "frame": f"{HEIGHT}x{WIDTH}",
         "patches": gh * gw,
         "normalise": timed(lambda: emb.preprocess(batch[0]), 1, repeats),
+        "point_stats": timed(lambda: PointStats()(batch[0], emb.stride), 1, repeats),
         "embed_1": timed(lambda: emb.embed(batch[0]), 1, repeats),
         "embed_many_4": timed(lambda: emb.embed_many(batch), 4, repeats),
     }

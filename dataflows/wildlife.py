@@ -47,7 +47,9 @@ from operators.windowmodel import WindowModel
 
 FLOW_NAME = "wildlife"
 APPLICATION_ID = "vigil-wildlife"
-VIEW = ViewLabels(entity="heart_rate", quantity="Heart rate (bpm)", unit="bpm", noun="bear")
+VIEW = ViewLabels(
+    entity="heart_rate", quantity="Heart rate (bpm)", unit="bpm", noun="bear", cloud=False
+)
 FILE_PREFIX = "wildlife-"
 MODEL_NAME = "bears-lstm-ae"
 MODEL_RECORD = MODELS_DIR / "bears_lstm_ae.json"

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -228,7 +227,7 @@ class PointStats:
         np.log1p(flux, out=flux)
         half = stride // 2
         sums = np.zeros((2 * rows, 2 * cols), np.float32)
-        fine = _tent(h, half) @ flux @ _tent(w, half).T
+        fine = tent_sums(tent_sums(flux, half, axis=0), half, axis=1)
         sums[: fine.shape[0], : fine.shape[1]] = fine
         quads = sums.reshape(rows, 2, cols, 2).transpose(0, 2, 1, 3).reshape(rows * cols, 4)
         cell_row, cell_col = np.divmod(np.arange(rows * cols), cols)
@@ -244,23 +243,48 @@ def _cell_max(x: FloatArray, stride: int) -> FloatArray:
     return np.maximum.reduceat(by_rows, np.arange(0, x.shape[1], stride), axis=1).ravel()
 
 
-@functools.lru_cache(maxsize=16)
-def _tent(n: int, step: int) -> FloatArray:
-    """``(ceil(n / step), n)`` triangular weights ``2 * step`` wide centred on each cell.
+def tent_sums(x: FloatArray, step: int, axis: int) -> FloatArray:
+    """Sums of ``x`` along ``axis`` with triangular weights ``2 * step`` wide, one per block.
 
-    Each pixel's weights sum to 1; beyond the outermost centres they stay at 1.
+    Block ``i`` of ``step`` pixels has its centre at ``(i + 0.5) * step - 0.5``; a pixel
+    gives ``1 - d / step`` of itself to the nearest centre (``d`` its distance) and the
+    rest to the next one on its side, so each pixel's weights sum to 1; beyond the
+    outermost centres a pixel goes wholly to its own. Elementwise sums, no BLAS (whose
+    threads cost more than the work on a frame).
 
     Example:
-        >>> _tent(8, 4).round(3).tolist()[0]
-        [1.0, 1.0, 0.875, 0.625, 0.375, 0.125, 0.0, 0.0]
+        >>> tent_sums(np.eye(8, dtype=np.float32)[0:1].T * 8.0, 4, axis=0).ravel().tolist()
+        [8.0, 0.0]
+        >>> tent_sums(np.arange(8, dtype=np.float32), 4, axis=0).round(3).tolist()
+        [6.75, 21.25]
 
     """
-    k = np.arange(n, dtype=np.float64)
-    centres = (np.arange(-(-n // step)) + 0.5) * step - 0.5
-    w = np.maximum(1.0 - np.abs(k[None, :] - centres[:, None]) / step, 0.0)
-    w[0, k < centres[0]] = 1.0
-    w[-1, k > centres[-1]] = 1.0
-    return w.astype(np.float32)
+    n = x.shape[axis]
+    blocks = -(-n // step)
+    k = np.arange(n)
+    own = k // step
+    u = (k - ((own + 0.5) * step - 0.5)) / step  # in (-0.5, 0.5)
+    shape = [1] * x.ndim
+    shape[axis] = n
+    near = (1.0 - np.abs(u)).astype(np.float32).reshape(shape)
+    far = np.abs(u).astype(np.float32).reshape(shape)
+    starts = np.arange(0, n, step)
+    out = np.add.reduceat(x * near, starts, axis=axis)
+    spill = x * far
+    lower = np.add.reduceat(np.where((u < 0).reshape(shape), spill, 0.0), starts, axis=axis)
+    upper = np.add.reduceat(np.where((u > 0).reshape(shape), spill, 0.0), starts, axis=axis)
+    # Block i's lower half spills to block i - 1 (block 0's stays), its upper half to i + 1.
+    index = [slice(None)] * x.ndim
+
+    def at(sl: slice) -> tuple[slice, ...]:
+        index[axis] = sl
+        return tuple(index)
+
+    out[at(slice(0, blocks - 1))] += lower[at(slice(1, blocks))]
+    out[at(slice(0, 1))] += lower[at(slice(0, 1))]
+    out[at(slice(1, blocks))] += upper[at(slice(0, blocks - 1))]
+    out[at(slice(blocks - 1, blocks))] += upper[at(slice(blocks - 1, blocks))]
+    return out.astype(np.float32, copy=False)
 
 
 def patch_centres(grid: tuple[int, int], stride: int) -> npt.NDArray[np.float64]:

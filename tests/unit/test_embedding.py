@@ -23,6 +23,7 @@ from operators.embedding import (
     PatchEmbedder,
     PointStats,
     patch_centres,
+    tent_sums,
 )
 from operators.models.randconv import build_randconv
 
@@ -303,3 +304,16 @@ def write_reference() -> None:
 
 if __name__ == "__main__":
     write_reference()
+
+
+@pytest.mark.parametrize(("n", "step"), [(500, 8), (77, 8), (16, 8), (9, 4), (3, 4)])
+def test_tent_sums_equal_explicit_triangular_weights(n: int, step: int) -> None:
+    k = np.arange(n, dtype=np.float64)
+    centres = (np.arange(-(-n // step)) + 0.5) * step - 0.5
+    weights = np.maximum(1.0 - np.abs(k[None, :] - centres[:, None]) / step, 0.0)
+    weights[0, k < centres[0]] = 1.0  # beyond the outermost centres: wholly to their block
+    weights[-1, k > centres[-1]] = 1.0
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0)
+    x = np.random.default_rng(n).random((n, 5)).astype(np.float32)
+    np.testing.assert_allclose(tent_sums(x, step, axis=0), weights @ x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tent_sums(x.T, step, axis=1), (weights @ x).T, rtol=1e-5, atol=1e-5)
