@@ -350,6 +350,10 @@ def score_outputs(name: str, state: ScoreState, mo: ModelOutputs) -> DetectedBat
     features = np.argmax(stacked, axis=0).astype(np.int8)
     cols = np.arange(n)
     outputs = np.nan_to_num(mo.outputs, nan=0.0)
+    parts = {"model output": outputs}
+    has_expected = bool(np.isfinite(mo.expected).any())
+    if has_expected:  # an autoencoder's reconstruction of the newest reading
+        parts["expected"] = mo.expected
     return DetectedBatch(
         batch=batch,
         raw_scores=outputs,
@@ -358,8 +362,8 @@ def score_outputs(name: str, state: ScoreState, mo: ModelOutputs) -> DetectedBat
         feature_names=FEATURES,
         detector=name,
         details=np.where(features == 1, intervals, outputs),
-        parts={"model output": outputs, "expected": mo.expected},
-        expected=mo.expected,
+        parts=parts,
+        expected=mo.expected if has_expected else None,
     )
 
 
