@@ -6,6 +6,7 @@ Examples::
     vigil-generate sensors --preset original --count 1000 --out readings.jsonl
     vigil-generate metrics --bootstrap localhost:9092 --shape trend --series 5
     vigil-generate bears --bootstrap localhost:9092 --bears 8
+    vigil-generate flowsites --bootstrap localhost:9092 --sites 8
     python -m generators.cli sensors --count 10          # JSON lines on stdout
     vigil-generate frames --bootstrap localhost:9092 --rate 2
     vigil-generate frames --fields m13 --targets M13 --out frames/   # FITS files, truth.jsonl
@@ -38,7 +39,7 @@ from typing import IO, Any
 
 import orjson
 
-from generators import frames_cli, metrics, sensors, series_cli, telescope
+from generators import flowsites_cli, frames_cli, metrics, sensors, series_cli, telescope
 from generators.metrics import MetricSimConfig
 from generators.sensors import SensorSimConfig
 from generators.simkit import SimConfigError
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {**_HELP, **telescope.SETTING_HELP}
     _add_sim_options(frame_cmd, TelescopeSimConfig(), helps, "simulator settings")
     series_cli.add_bears_parser(sub, _add_output_options, _add_sim_options)
+    flowsites_cli.add_flowsites_parser(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``vigil-generate`` subcommands of the per-series simulators with learned models (``bears``).
+"""``vigil-generate`` subcommands of the simulators with learned models (``bears``, ``flowsites``).
 
 Each subcommand has the common output options and one option per simulator setting
 (``vigil-generate bears --help``); :mod:`generators.cli` adds it, reads its settings
@@ -22,15 +22,19 @@ import argparse
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from generators import bears
+from generators import bears, flowsites
 from generators.bears import BearSimConfig
+from generators.flowsites import FlowSiteConfig
 
 __all__ = ["CONFIGS", "SeriesConfig", "add_bears_parser", "iter_messages"]
 
 #: Settings of any simulator here.
-SeriesConfig = BearSimConfig
+SeriesConfig = BearSimConfig | FlowSiteConfig
 #: The settings class of each subcommand.
-CONFIGS: dict[str, type[SeriesConfig]] = {"bears": BearSimConfig}
+CONFIGS: dict[str, type[BearSimConfig] | type[FlowSiteConfig]] = {
+    "bears": BearSimConfig,
+    "flowsites": FlowSiteConfig,
+}
 
 _COMMON_HELP = {
     "seed": "random seed (same seed, same bytes)",
@@ -65,4 +69,6 @@ def add_bears_parser(
 
 def iter_messages(cfg: SeriesConfig) -> Iterator[tuple[bytes, bytes]]:
     """The messages of the simulator ``cfg`` belongs to."""
+    if isinstance(cfg, FlowSiteConfig):
+        return flowsites.iter_messages(cfg)
     return bears.iter_messages(cfg)

@@ -81,8 +81,44 @@ BEARS = Case(
 )
 
 
+SITE_TICKS = 6 * 288  # six days of 5-minute readings
+SITES_UNTIL_MS = datetime_to_ms(datetime(2024, 1, 1, tzinfo=UTC)) + SITE_TICKS * 300_000
+
+
+def _sites_expected() -> set[tuple[str, int]]:
+    from dataflows.flow_sites import load_model
+    from generators.flowsites import FlowSiteConfig, site_arrays
+
+    cfg = FlowSiteConfig(sites=3, seed=23)
+    assert datetime_to_ms(cfg.start) + SITE_TICKS * 300_000 == SITES_UNTIL_MS
+    model, out = load_model(), set()
+    for s in site_arrays(cfg, SITE_TICKS):
+        mask = model_alert_mask(
+            s.site_id, s.ts_ms, s.values, s.label_names, model, AlertPolicy(), primary=1
+        )
+        out |= {(s.site_id, int(t)) for t in s.ts_ms[mask]}
+    return out
+
+
+SITES = Case(
+    module="dataflows.flow_sites",
+    generate=["flowsites", "--sites", "3", "--seed", "23", "--count", str(3 * SITE_TICKS)],
+    topic="flow-sites",
+    alerts_topic="flow-site-alerts",
+    dlq_topic="flow-sites-dlq",
+    malformed=[
+        (b"site-0", b"{not json"),
+        (b"site-1", b'{"site_id": "site-1", "ts": "2024-01-01 00:00:30", "velocity": NaN}'),
+        (b"site-2", orjson.dumps({"site_id": "site-2", "ts": "2024-01-01 00:00:30"})),
+        (b"site-0", b"\xff\xfe not utf-8"),
+    ],
+    expected=_sites_expected,
+    until_ms=SITES_UNTIL_MS,
+)
+
+
 def run_case(case: Case, broker: MockKafkaBroker, work: Path) -> dict:
-    broker.create_topic(case.topic, 2)
+    broker.create_topic(case.topic, 3)
     broker.create_topic(case.alerts_topic, 1)
     broker.create_topic(case.dlq_topic, 1)
     gen = subprocess.run(
@@ -115,7 +151,7 @@ def run_case(case: Case, broker: MockKafkaBroker, work: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("case", [BEARS], ids=["wildlife"])
+@pytest.mark.parametrize("case", [BEARS, SITES], ids=["wildlife", "flow_sites"])
 def test_model_flow_through_the_broker(
     case: Case, kafka_broker: MockKafkaBroker, tmp_path: Path
 ) -> None:
