@@ -25,32 +25,29 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from generators.bears import BearSimConfig
-from generators.source import SimulatorSource
-from operators.alerting import AlertPolicy
 from operators.config import Env, configure_logging
 from operators.embedding import MODELS_DIR
 from operators.events import RawBatch
-from operators.flowkit import (
-    KafkaConfig,
-    Sinks,
-    WindowDetect,
-    check_settings,
-    default_sinks,
-    kafka_source,
-    policy_from_env,
-    wire,
-)
-from operators.normalize import make_normalizer
+from operators.flowkit import Sinks
+from operators.modelflow import CommonSettings, FlowIdentity, build_model_flow, default_source
 from operators.serde import BEARS
-from operators.sinks.rerun import RerunConfig, ViewLabels
+from operators.sinks.rerun import ViewLabels
 from operators.windowmodel import WindowModel
 
-FLOW_NAME = "wildlife"
-APPLICATION_ID = "vigil-wildlife"
+__all__ = ["IDENTITY", "MODEL_RECORD", "Config", "Sinks", "build_flow", "load_model"]
+
 VIEW = ViewLabels(
     entity="heart_rate", quantity="Heart rate (bpm)", unit="bpm", noun="bear", cloud=False
 )
-FILE_PREFIX = "wildlife-"
+IDENTITY = FlowIdentity(
+    name="wildlife",
+    application_id="vigil-wildlife",
+    view=VIEW,
+    file_prefix="wildlife-",
+    topic="bears",
+    alerts_topic="bear-alerts",
+    dlq_topic="bears-dlq",
+)
 MODEL_NAME = "bears-lstm-ae"
 MODEL_RECORD = MODELS_DIR / "bears_lstm_ae.json"
 
@@ -60,47 +57,20 @@ def load_model(record: Path = MODEL_RECORD, threads: int = 1) -> WindowModel:
     return WindowModel.from_record(MODEL_NAME, record, threads=threads)
 
 
-def _kafka_defaults() -> KafkaConfig:
-    return KafkaConfig(topic="bears", alerts_topic="bear-alerts", dlq_topic="bears-dlq")
-
-
-def _rerun_defaults() -> RerunConfig:
-    return RerunConfig.recording(Path("vigil-out/wildlife.rrd"), APPLICATION_ID, VIEW)
-
-
 @dataclass(frozen=True)
 class Config:
     """Everything the wildlife flow can be told.
 
     Attributes:
-        kafka: Broker settings; no brokers means the embedded simulator.
+        common: Broker, source, policy, output and view settings (:class:`CommonSettings`).
         sim: The embedded simulator's settings.
-        sim_partitions: Source partitions of the embedded simulator.
-        sim_rate: Events per second offered by the simulator (0: unpaced).
-        batch_size: Messages per source micro-batch.
         model_record: The window model's training record (its ``.onnx`` beside it).
-        policy: The alert policy.
-        out_dir: Directory of the embedded mode's files.
-        rerun: Where the Rerun view goes.
-        log_level: Level of the flow's log lines.
 
     """
 
-    kafka: KafkaConfig = field(default_factory=_kafka_defaults)
+    common: CommonSettings = field(default_factory=lambda: CommonSettings.defaults(IDENTITY))
     sim: BearSimConfig = field(default_factory=BearSimConfig)
-    sim_partitions: int = 2
-    sim_rate: float = 0.0
-    batch_size: int = 1000
     model_record: Path = MODEL_RECORD
-    policy: AlertPolicy = field(default_factory=AlertPolicy)
-    out_dir: Path = Path("vigil-out")
-    rerun: RerunConfig = field(default_factory=_rerun_defaults)
-    log_level: str = "INFO"
-
-    @property
-    def embedded(self) -> bool:
-        """True when no broker is configured."""
-        return not self.kafka.brokers
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Config:
@@ -111,44 +81,16 @@ class Config:
 
         Example:
             >>> cfg = Config.from_env(Env({"VIGIL_SIM_BEARS": "3"}))
-            >>> cfg.sim.bears, cfg.kafka.topic, cfg.model_record.name
+            >>> cfg.sim.bears, cfg.common.kafka.topic, cfg.model_record.name
             (3, 'bears', 'bears_lstm_ae.json')
 
         """
         env = env or Env()
-        defaults = cls()
-        kafka = KafkaConfig.from_env(
-            env,
-            topic=defaults.kafka.topic,
-            alerts_topic=defaults.kafka.alerts_topic,
-            dlq_topic=defaults.kafka.dlq_topic,
-        )
-        out_dir = env.path("OUT_DIR", defaults.out_dir)
-        cfg = cls(
-            kafka=kafka,
+        return cls(
+            common=CommonSettings.from_env(env, IDENTITY),
             sim=BearSimConfig.from_env(env),
-            sim_partitions=env.integer("SIM_PARTITIONS", defaults.sim_partitions, min_value=1),
-            sim_rate=env.number("SIM_RATE", defaults.sim_rate),
-            batch_size=env.integer("BATCH_SIZE", defaults.batch_size, min_value=1),
-            model_record=env.path("MODEL_RECORD", defaults.model_record),
-            policy=policy_from_env(env, defaults.policy),
-            out_dir=out_dir,
-            rerun=RerunConfig.from_env(
-                env, out_dir / "wildlife.rrd", application_id=APPLICATION_ID, labels=VIEW
-            ),
-            log_level=env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"]),
+            model_record=env.path("MODEL_RECORD", MODEL_RECORD),
         )
-        check_settings(env, FLOW_NAME, 0.0, 1.0, cfg.sim_rate)  # no fixed normalizer here
-        return cfg
-
-
-def default_source(cfg: Config) -> Source[RawBatch]:
-    """Kafka when brokers are configured, else the in-process simulator."""
-    if cfg.embedded:
-        return SimulatorSource(
-            cfg.sim, partitions=cfg.sim_partitions, batch_size=cfg.batch_size, rate=cfg.sim_rate
-        )
-    return kafka_source(cfg.kafka, cfg.batch_size)
 
 
 def build_flow(
@@ -162,19 +104,11 @@ def build_flow(
         sinks: Outputs (default: Kafka topics or files, and Rerun).
 
     """
-    flow = Dataflow(FLOW_NAME)
-    wire(
-        flow,
-        source or default_source(cfg),
-        sinks or default_sinks(cfg.kafka, cfg.out_dir, cfg.rerun, FILE_PREFIX),
-        make_normalizer=lambda: make_normalizer("robust"),
-        detect=WindowDetect(load_model(cfg.model_record)),
-        policy=cfg.policy,
-        fmt=BEARS,
-    )
-    return flow
+    source = source or default_source(cfg.common, cfg.sim)
+    model = load_model(cfg.model_record)
+    return build_model_flow(IDENTITY, cfg.common, model, BEARS, source, sinks)
 
 
 _config = Config.from_env()
-configure_logging(_config.log_level)
+configure_logging(_config.common.log_level)
 flow = build_flow(_config)

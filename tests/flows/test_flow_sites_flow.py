@@ -9,7 +9,7 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from rerun.chunk import RrdReader
 
-from dataflows.flow_sites import APPLICATION_ID, VIEW, Config, Sinks, build_flow, load_model
+from dataflows.flow_sites import IDENTITY, Config, Sinks, build_flow, load_model
 from generators.flowsites import FlowSiteConfig, iter_messages, site_arrays
 from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env
@@ -40,7 +40,12 @@ def run(cfg: Config, batches: list[RawBatch], view: RerunSink | None = None, wor
 
 def test_defaults_and_model_choice() -> None:
     cfg = Config.from_env(Env({}))
-    assert (cfg.model, cfg.kafka.topic, cfg.kafka.alerts_topic, cfg.kafka.dlq_topic) == (
+    assert (
+        cfg.model,
+        cfg.common.kafka.topic,
+        cfg.common.kafka.alerts_topic,
+        cfg.common.kafka.dlq_topic,
+    ) == (
         "classifier",
         "flow-sites",
         "flow-site-alerts",
@@ -117,7 +122,7 @@ def test_the_view_draws_flow_and_score(tmp_path: Path) -> None:
     run(
         Config(sim=sim),
         sim_batches(sim, size=200),
-        RerunSink(RerunConfig.recording(path, APPLICATION_ID, VIEW)),
+        RerunSink(RerunConfig.recording(path, IDENTITY.application_id, IDENTITY.view)),
     )
     counts: dict[str, int] = {}
     for chunk in RrdReader(path).stream().to_chunks():

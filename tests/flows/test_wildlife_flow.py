@@ -10,9 +10,8 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from rerun.chunk import RrdReader
 
 from dataflows.wildlife import (
-    APPLICATION_ID,
+    IDENTITY,
     MODEL_RECORD,
-    VIEW,
     Config,
     Sinks,
     build_flow,
@@ -49,9 +48,9 @@ def run(cfg: Config, batches: list[RawBatch], view: RerunSink | None = None, wor
 
 def test_defaults_read_the_shipped_model_and_bear_topics() -> None:
     cfg = Config.from_env(Env({}))
-    assert cfg.embedded
+    assert cfg.common.embedded
     assert cfg.model_record == MODEL_RECORD
-    assert (cfg.kafka.topic, cfg.kafka.alerts_topic, cfg.kafka.dlq_topic) == (
+    assert (cfg.common.kafka.topic, cfg.common.kafka.alerts_topic, cfg.common.kafka.dlq_topic) == (
         "bears",
         "bear-alerts",
         "bears-dlq",
@@ -138,7 +137,7 @@ def test_bad_messages_become_dead_letters_and_the_counts_reconcile() -> None:
 def test_the_view_draws_the_series_its_reconstruction_and_the_score(tmp_path: Path) -> None:
     sim = BearSimConfig(bears=2, seed=5, count=2 * 400)
     path = tmp_path / "wildlife.rrd"
-    view = RerunSink(RerunConfig.recording(path, APPLICATION_ID, VIEW))
+    view = RerunSink(RerunConfig.recording(path, IDENTITY.application_id, IDENTITY.view))
     run(Config(sim=sim), sim_batches(sim, size=200), view=view)
     counts: dict[str, int] = {}
     for chunk in RrdReader(path).stream().to_chunks():
