@@ -6,10 +6,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from rerun.chunk import RrdReader
 
-from dataflows.flow_sites import IDENTITY, Config, Sinks, build_flow, load_model
+from dataflows.flow_sites import IDENTITY, Config, build_flow, load_model
 from generators.flowsites import FlowSiteConfig, iter_messages, site_arrays
 from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env
@@ -19,6 +18,7 @@ from operators.records import alert_series_ms
 from operators.sinks.rerun import RerunConfig, RerunSink
 from operators.window_eval import model_alert_mask
 from tests.flows.test_metrics_flow import sim_batches
+from tests.flows.test_wildlife_flow import run as run_model_flow
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,15 +27,7 @@ SIM = FlowSiteConfig(sites=3, seed=31, count=3 * DAYS * 288)
 
 
 def run(cfg: Config, batches: list[RawBatch], view: RerunSink | None = None, workers: int = 1):  # type: ignore[no-untyped-def]
-    alerts: list = []
-    dead: list = []
-    sinks = Sinks(TestingSink(alerts), TestingSink(dead), view)
-    flow = build_flow(cfg, source=TestingSource(batches), sinks=sinks)
-    if workers == 1:
-        run_main(flow)
-    else:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    return [orjson.loads(v) for _k, v in alerts], [orjson.loads(v) for _k, v in dead]
+    return run_model_flow(cfg, batches, view, workers, build=build_flow)
 
 
 def test_defaults_and_model_choice() -> None:

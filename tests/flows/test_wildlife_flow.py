@@ -34,11 +34,14 @@ SIM = BearSimConfig(bears=3, seed=99, count=3 * 2 * 365 * 4)
 DAY_MS = 86_400_000
 
 
-def run(cfg: Config, batches: list[RawBatch], view: RerunSink | None = None, workers: int = 1):  # type: ignore[no-untyped-def]
+def run(
+    cfg, batches: list[RawBatch], view: RerunSink | None = None, workers: int = 1, build=build_flow
+):  # type: ignore[no-untyped-def]
+    """Alert and dead-letter records of a model flow (``build``) over ``batches``."""
     alerts: list = []
     dead: list = []
     sinks = Sinks(TestingSink(alerts), TestingSink(dead), view)
-    flow = build_flow(cfg, source=TestingSource(batches), sinks=sinks)
+    flow = build(cfg, source=TestingSource(batches), sinks=sinks)
     if workers == 1:
         run_main(flow)
     else:
