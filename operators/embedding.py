@@ -172,8 +172,9 @@ class PointStats:
     The weights set their share of the L2 distance next to the model's features
     (same-cell distances between reference frames of about 15 to 20). Measured with
     ``benchmarks/frames_quality.py`` on held-out simulated nights (README), and tuned on
-    other seeds: frame AUROC from 0.75-0.89 to 0.98-1.0 with 2 x 2 pooling (hot pixels
-    and cosmic rays 0.99-1.0, asteroids 0.98-1.0); the sharpness alone gave 0.88-0.94,
+    other seeds: frame AUROC from 0.75-0.89 to 0.98-1.0 on five of six nights and 0.89
+    on one with a faint asteroid track, with 2 x 2 pooling (hot pixels and cosmic rays
+    0.99-1.0); the sharpness alone gave 0.88-0.94,
     per-cell maxima instead of sums flagged stars drifting across cell edges, and
     sums over whole cells lost asteroids next to stars.
 
