@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from operators.embedding import PatchEmbedder, PointStats
+from operators.embedding import PatchEmbedder
+from operators.pointstats import PointStats
 
 HEIGHT, WIDTH = 500, 650
 

@@ -17,15 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.embedding import (
-    MODELS_DIR,
-    Normalisation,
-    PatchEmbedder,
-    PointStats,
-    patch_centres,
-    tent_sums,
-)
+from operators.embedding import MODELS_DIR, PatchEmbedder, patch_centres
 from operators.models.randconv import build_randconv
+from operators.pointstats import Normalisation, PointStats, tent_sums
 
 pytestmark = pytest.mark.timeout(120)
 
