@@ -37,6 +37,7 @@ from operators import steps
 from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env
 from operators.detectors import DETECTORS, make_detector
+from operators.errorcal import ErrorCalibrator
 from operators.events import DeadLetter, RawBatch, ScoredBatch
 from operators.normalize import Normalizer
 from operators.records import alert_message, dead_letter_message
@@ -45,7 +46,7 @@ from operators.sinks.files import JsonlSink
 from operators.sinks.kafka import KafkaBytesSink
 from operators.sinks.rerun import RerunConfig, RerunSink
 from operators.sources.kafka import KafkaBatchSource
-from operators.windowmodel import ErrorCalibrator, WindowModel, detect_windows
+from operators.windowmodel import WindowModel, detect_windows
 
 logger = logging.getLogger(__name__)
 

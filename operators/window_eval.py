@@ -26,11 +26,11 @@ import numpy as np
 
 from operators.alerting import AlertPolicy, AlertState, apply_policy
 from operators.detectors import DEFAULT_DETECTOR
+from operators.errorcal import ErrorCalibrator
 from operators.evaluate import Columns, alert_mask
 from operators.events import BoolArray, FloatArray, IntArray, SeriesBatch
 from operators.steps import DetectConfig
 from operators.windowmodel import (
-    ErrorCalibrator,
     ScoreState,
     WindowedBatch,
     WindowModel,

@@ -14,9 +14,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from onnx import TensorProto, helper
 
+from operators.errorcal import ErrorCalibrator
 from operators.events import DetectedBatch, SeriesBatch
 from operators.windowmodel import (
-    ErrorCalibrator,
     WindowedBatch,
     WindowModel,
     WindowState,
