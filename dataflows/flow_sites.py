@@ -6,7 +6,7 @@ by a model trained in the project (:mod:`operators.models.train_flowsites`) over
 the site's last 50 readings: the window classifier's probability
 (``VIGIL_MODEL=classifier``, the default) or the autoencoder's reconstruction
 error (``autoencoder``), calibrated per site as an upper-tail probability against
-the site's own recent outputs (:class:`operators.windowmodel.ErrorCalibrator`),
+the site's own recent outputs (:class:`operators.errorcal.ErrorCalibrator`),
 then the project's alert policy. Gaps in the readings (dropouts) are scored too.
 
 With no broker configured the flow reads its own simulator in-process

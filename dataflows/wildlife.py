@@ -5,7 +5,7 @@ Run with ``python -m bytewax.run dataflows.wildlife``. Each bear's heart rate
 (:mod:`operators.models.train_bears`, shipped as ``operators/models/bears_lstm_ae.onnx``)
 over its last 30 readings: the reconstruction error, calibrated per bear as an
 upper-tail probability against the bear's own recent errors
-(:class:`operators.windowmodel.ErrorCalibrator`), then the project's alert
+(:class:`operators.errorcal.ErrorCalibrator`), then the project's alert
 policy. A gap in the readings (missing days) is scored too.
 
 With no broker configured the flow reads its own simulator in-process
