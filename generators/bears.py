@@ -53,7 +53,14 @@ import numpy.typing as npt
 
 from generators.bearstream import LABELS, BearStream
 from generators.hibernation import Season
-from generators.simkit import ChunkEncoder, SimChunk, SimConfigError, interleave, setting_from_env
+from generators.simkit import (
+    ChunkEncoder,
+    SimChunk,
+    SimConfigError,
+    interleave,
+    setting_from_env,
+    sim_messages,
+)
 from operators.config import ConfigError, Env
 from operators.events import FloatArray, IntArray, Reading, datetime_to_ms
 from operators.serde import BEARS
@@ -341,10 +348,7 @@ def iter_messages(cfg: BearSimConfig) -> Iterator[tuple[bytes, bytes]]:
         SimConfigError: when a setting is invalid.
 
     """
-    encoder = cfg.encoder()
-    for chunk in cfg.chunks():
-        keys, values = encoder.encode(chunk)
-        yield from zip(keys, values, strict=True)
+    return sim_messages(cfg)
 
 
 def iter_readings(cfg: BearSimConfig) -> Iterator[Reading]:

@@ -70,7 +70,7 @@ from generators.flowsite_stream import (
     interleave_sites,
     site_rng,
 )
-from generators.simkit import ChunkEncoder, SimChunk, SimConfigError, setting_from_env
+from generators.simkit import ChunkEncoder, SimChunk, SimConfigError, setting_from_env, sim_messages
 from operators.config import ConfigError, Env
 from operators.events import FloatArray, IntArray
 from operators.sitereading import CHANNELS, SITES, SiteReading
@@ -322,10 +322,7 @@ def iter_messages(cfg: FlowSiteConfig) -> Iterator[tuple[bytes, bytes]]:
         SimConfigError: when a setting is invalid.
 
     """
-    encoder = cfg.encoder()
-    for chunk in cfg.chunks():
-        keys, values = encoder.encode(chunk)
-        yield from zip(keys, values, strict=True)
+    return sim_messages(cfg)
 
 
 def iter_readings(cfg: FlowSiteConfig) -> Iterator[SiteReading]:

@@ -56,7 +56,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import numpy.typing as npt
 
-from generators.simkit import ChunkEncoder, SimChunk, SimConfigError, interleave, setting_from_env
+from generators.simkit import (
+    ChunkEncoder,
+    SimChunk,
+    SimConfigError,
+    interleave,
+    setting_from_env,
+    sim_messages,
+)
 from operators.config import ConfigError, Env
 from operators.events import FloatArray, Reading
 from operators.serde import METRICS
@@ -374,10 +381,7 @@ def iter_messages(cfg: MetricSimConfig) -> Iterator[tuple[bytes, bytes]]:
         SimConfigError: when a setting is invalid.
 
     """
-    encoder = cfg.encoder()
-    for chunk in cfg.chunks():
-        keys, values = encoder.encode(chunk)
-        yield from zip(keys, values, strict=True)
+    return sim_messages(cfg)
 
 
 def iter_readings(cfg: MetricSimConfig) -> Iterator[Reading]:

@@ -267,3 +267,16 @@ class Simulation(Protocol):
     def encoder(self) -> ChunkEncoder:
         """The encoder of this stream's chunks."""
         ...
+
+
+def sim_messages(sim: Simulation) -> Iterator[tuple[bytes, bytes]]:
+    """A simulator's stream as Kafka ``(key, value)`` pairs, chunk by chunk.
+
+    Raises:
+        SimConfigError: when a setting is invalid.
+
+    """
+    encoder = sim.encoder()
+    for chunk in sim.chunks():
+        keys, values = encoder.encode(chunk)
+        yield from zip(keys, values, strict=True)
