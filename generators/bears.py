@@ -60,8 +60,9 @@ from generators.simkit import (
     interleave,
     setting_from_env,
     sim_messages,
+    validated,
 )
-from operators.config import ConfigError, Env
+from operators.config import Env
 from operators.events import FloatArray, IntArray, Reading, datetime_to_ms
 from operators.serde import BEARS
 
@@ -267,11 +268,7 @@ rise_start + rise_days < fall_start < den_entry, got 126.0, 263.0, 100.0
         cfg = cls(
             **{f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
         )
-        try:
-            cfg.validate()
-        except SimConfigError as exc:
-            raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
-        return cfg
+        return validated(cfg)
 
     def chunks(self) -> Iterator[SimChunk]:
         """The simulated stream as columnar chunks, in event-time order.

@@ -70,8 +70,15 @@ from generators.flowsite_stream import (
     interleave_sites,
     site_rng,
 )
-from generators.simkit import ChunkEncoder, SimChunk, SimConfigError, setting_from_env, sim_messages
-from operators.config import ConfigError, Env
+from generators.simkit import (
+    ChunkEncoder,
+    SimChunk,
+    SimConfigError,
+    setting_from_env,
+    sim_messages,
+    validated,
+)
+from operators.config import Env
 from operators.events import FloatArray, IntArray
 from operators.sitereading import CHANNELS, SITES, SiteReading
 
@@ -249,11 +256,7 @@ lo,hi of readings with 1 <= lo <= hi, got (3, 1)
         base = cls()
         values = {f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
         cfg = cls(**values)
-        try:
-            cfg.validate()
-        except SimConfigError as exc:
-            raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
-        return cfg
+        return validated(cfg)
 
     def chunks(self) -> Iterator[SimChunk]:
         """The stream as columnar chunks in event-time order; ``values`` is ``(n, 5)``.

@@ -63,8 +63,9 @@ from generators.simkit import (
     interleave,
     setting_from_env,
     sim_messages,
+    validated,
 )
-from operators.config import ConfigError, Env
+from operators.config import Env
 from operators.events import FloatArray, Reading
 from operators.serde import METRICS
 
@@ -247,11 +248,7 @@ class MetricSimConfig:
             if f.name != "shape"
         }
         cfg = cls(shape=env.choice("METRICS_SHAPE", base.shape, SHAPES), **values)
-        try:
-            cfg.validate()
-        except SimConfigError as exc:
-            raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
-        return cfg
+        return validated(cfg)
 
     def chunks(self) -> Iterator[SimChunk]:
         """The simulated stream as columnar chunks, in event-time order.

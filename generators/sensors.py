@@ -50,8 +50,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from generators.simkit import ChunkEncoder, SimChunk, SimConfigError, interleave, setting_from_env
-from operators.config import ConfigError, Env
+from generators.simkit import (
+    ChunkEncoder,
+    SimChunk,
+    SimConfigError,
+    interleave,
+    setting_from_env,
+    validated,
+)
+from operators.config import Env
 from operators.events import FloatArray, Reading
 from operators.serde import SENSORS
 
@@ -290,11 +297,7 @@ probability in [0, 1], got 2.0
         base = cls.original() if preset == "original" else cls()
         values = {f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
         cfg = cls(**values)
-        try:
-            cfg.validate()
-        except SimConfigError as exc:
-            raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
-        return cfg
+        return validated(cfg)
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -280,3 +280,24 @@ def sim_messages(sim: Simulation) -> Iterator[tuple[bytes, bytes]]:
     for chunk in sim.chunks():
         keys, values = encoder.encode(chunk)
         yield from zip(keys, values, strict=True)
+
+
+class _Validating(Protocol):
+    def validate(self) -> None: ...
+
+
+V = TypeVar("V", bound=_Validating)
+
+
+def validated(cfg: V) -> V:
+    """``cfg`` once ``cfg.validate()`` passes; a bad setting names its ``VIGIL_SIM_*`` variable.
+
+    Raises:
+        ConfigError: for the first invalid setting.
+
+    """
+    try:
+        cfg.validate()
+    except SimConfigError as exc:
+        raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
+    return cfg

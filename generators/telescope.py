@@ -48,9 +48,9 @@ from pathlib import Path
 
 from generators.framerender import Sky, make_frame
 from generators.framesim import FramePlan, plan_frames
-from generators.simkit import SimConfigError, setting_from_env
+from generators.simkit import SimConfigError, setting_from_env, validated
 from generators.skyfield import FIELDS
-from operators.config import ConfigError, Env
+from operators.config import Env
 from operators.framecodec import encode_frame, write_fits
 from operators.frames import ANOMALY_KINDS, UNUSABLE_KINDS, Frame
 
@@ -333,11 +333,7 @@ field kinds among ('synthetic', 'm13', 'hubble'), got ('mars',)
         base = cls()
         values = {f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
         cfg = cls(**values)
-        try:
-            cfg.validate()
-        except SimConfigError as exc:
-            raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
-        return cfg
+        return validated(cfg)
 
 
 class FrameStream:
