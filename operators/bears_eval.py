@@ -51,7 +51,7 @@ from operators.detectors import DEFAULT_DETECTOR
 from operators.evaluation import Evaluation, evaluate
 from operators.events import BoolArray, FloatArray, datetime_to_ms
 from operators.models.lstm_ae import WINDOW
-from operators.window_eval import detector_alert_mask, model_alert_mask
+from operators.window_eval import detector_alert_mask, model_alert_mask, table
 from operators.windowmodel import WindowModel
 
 __all__ = [
@@ -201,21 +201,6 @@ def heldout_figures(model: WindowModel) -> dict[str, Any]:
     }
 
 
-def _table(figures: dict[str, Any]) -> str:
-    head = f"{'approach':<22}{'episodes':>9}{'found':>7}{'recall':>8}{'alerts':>8}"
-    head += f"{'precision':>10}{'F1':>7}{'delay h':>9}  recall by kind"
-    lines = [head]
-    for name, r in figures["rows"].items():
-        delay = r["median_delay_s"]
-        shown = "-" if delay is None else f"{delay / 3600:.1f}"
-        kinds = ", ".join(f"{k} {v}" for k, v in r["recall_by_kind"].items())
-        lines.append(
-            f"{name:<22}{r['episodes']:>9}{r['detected']:>7}{r['recall']:>8.3f}{r['alerts']:>8}"
-            f"{r['precision']:>10.3f}{r['f1']:>7.3f}{shown:>9}  {kinds}"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Print every approach's figures on the held-out stream."""
     parser = argparse.ArgumentParser(
@@ -230,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"held-out stream: {figures['stream']}")
     print(f"threshold {THRESHOLD} on the window MAE; grace {GRACE_S / 3600:g} h after an episode")
-    print(_table(figures))
+    print(table(figures["rows"], ("h", 3600.0)))
     return 0
 
 

@@ -56,7 +56,7 @@ from operators.detectors import DEFAULT_DETECTOR
 from operators.evaluation import Evaluation, evaluate
 from operators.events import BoolArray, FloatArray
 from operators.models.flowsites_onnx import WINDOW
-from operators.window_eval import detector_alert_mask, model_alert_mask
+from operators.window_eval import detector_alert_mask, model_alert_mask, table
 from operators.windowmodel import WindowModel
 
 __all__ = [
@@ -252,21 +252,6 @@ def flow_rows(
     return rows
 
 
-def _table(rows: dict[str, dict[str, Any]]) -> str:
-    head = f"{'approach':<34}{'episodes':>9}{'found':>7}{'recall':>8}{'alerts':>8}"
-    head += f"{'precision':>10}{'F1':>7}{'delay min':>10}  recall by kind"
-    lines = [head]
-    for name, r in rows.items():
-        delay = r["median_delay_s"]
-        shown = "-" if delay is None else f"{delay / 60:.0f}"
-        kinds = ", ".join(f"{k} {v}" for k, v in r["recall_by_kind"].items())
-        lines.append(
-            f"{name:<34}{r['episodes']:>9}{r['detected']:>7}{r['recall']:>8.3f}{r['alerts']:>8}"
-            f"{r['precision']:>10.3f}{r['f1']:>7.3f}{shown:>10}  {kinds}"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Print the held-out figures of the original's approach (and, with ``--flow``, the flow's)."""
     parser = argparse.ArgumentParser(
@@ -293,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, indent=2))
         return 0
     print(f"held-out stream: {figures['stream']}; grace {GRACE_S / 60:g} min after an episode")
-    print(_table(rows))
+    print(table(rows, ("min", 60.0)))
     print("\nper window (label of the last reading):")
     for name in ("original classifier p>=0.5", "autoencoder error>=q99"):
         w = figures[name]["windows"]  # type: ignore[index]

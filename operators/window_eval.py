@@ -20,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,3 +99,27 @@ def detector_alert_mask(
     """Per reading of one series, whether a flow with ``detector`` (no model) alerts on it."""
     cols = Columns(ts_ms.tolist(), values.tolist(), list(labels))
     return alert_mask(series, cols, DetectConfig(detector), policy, normalizer)
+
+
+def table(rows: Mapping[str, Mapping[str, Any]], delay_unit: tuple[str, float]) -> str:
+    """A text table of :meth:`operators.evaluation.Evaluation.summary` rows, one per approach.
+
+    Args:
+        rows: Summaries by approach name.
+        delay_unit: The median delay's unit and its seconds, e.g. ``("h", 3600.0)``.
+
+    """
+    unit, seconds = delay_unit
+    width = max([8, *map(len, rows)]) + 2
+    head = f"{'approach':<{width}}{'episodes':>9}{'found':>7}{'recall':>8}{'alerts':>8}"
+    head += f"{'precision':>10}{'F1':>7}{'delay ' + unit:>10}  recall by kind"
+    lines = [head]
+    for name, r in rows.items():
+        delay = r["median_delay_s"]
+        shown = "-" if delay is None else f"{delay / seconds:.1f}"
+        kinds = ", ".join(f"{k} {v}" for k, v in r["recall_by_kind"].items())
+        lines.append(
+            f"{name:<{width}}{r['episodes']:>9}{r['detected']:>7}{r['recall']:>8.3f}"
+            f"{r['alerts']:>8}{r['precision']:>10.3f}{r['f1']:>7.3f}{shown:>10}  {kinds}"
+        )
+    return "\n".join(lines)
