@@ -43,7 +43,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from operators.models.randconv import IR_VERSION, OPSET
+from operators.models.randconv import finish_model
 from operators.sitereading import CHANNELS
 
 __all__ = [
@@ -158,15 +158,7 @@ class _Graph:
             [helper.make_tensor_value_info(output, TensorProto.FLOAT, shape)],
             self.weights,
         )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
-            ir_version=IR_VERSION,
-            producer_name="vigil",
-        )
-        helper.set_model_props(model, dict(metadata))
-        onnx.checker.check_model(model)
-        return model
+        return finish_model(graph, metadata)
 
 
 def classifier_model(

@@ -34,8 +34,11 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from operators.models.randconv import IR_VERSION, OPSET, finish_model
+
 __all__ = [
     "INPUT",
+    "IR_VERSION",
     "OPSET",
     "OUTPUT",
     "WINDOW",
@@ -49,7 +52,6 @@ F32 = npt.NDArray[np.float32]
 
 INPUT, OUTPUT = "window", "reconstruction"
 WINDOW = 30
-OPSET, IR_VERSION = 17, 8
 # Rows of torch's stacked gates (input, forget, cell, output) in ONNX's order (i, o, f, c).
 _TORCH_TO_ONNX = (0, 3, 1, 2)
 _ONNX_TO_TORCH = (0, 2, 3, 1)
@@ -187,13 +189,7 @@ def to_onnx(w: AutoencoderWeights, metadata: dict[str, str] | None = None) -> on
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, shape)],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    model.producer_name = "vigil"
-    meta = {"window": str(WINDOW), "hidden": str(h), **(metadata or {})}
-    helper.set_model_props(model, meta)
-    onnx.checker.check_model(model)
-    return model
+    return finish_model(graph, {"window": str(WINDOW), "hidden": str(h), **(metadata or {})})
 
 
 def from_onnx(model: onnx.ModelProto) -> AutoencoderWeights:

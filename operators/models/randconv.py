@@ -172,15 +172,20 @@ class GraphBuilder:
             [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", dim, "gh", "gw"])],
             self.weights,
         )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
-            ir_version=IR_VERSION,
-            producer_name="vigil",
-        )
-        helper.set_model_props(model, dict(metadata))
-        onnx.checker.check_model(model)
-        return model
+        return finish_model(graph, metadata)
+
+
+def finish_model(graph: onnx.GraphProto, metadata: Mapping[str, str]) -> onnx.ModelProto:
+    """The checked model of ``graph`` at the project's opset and IR version, with ``metadata``."""
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="vigil",
+    )
+    helper.set_model_props(model, dict(metadata))
+    onnx.checker.check_model(model)
+    return model
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:
