@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -58,9 +58,8 @@ from generators.simkit import (
     SimChunk,
     SimConfigError,
     interleave,
-    setting_from_env,
+    settings_from_env,
     sim_messages,
-    validated,
 )
 from operators.config import Env
 from operators.events import FloatArray, IntArray, Reading, datetime_to_ms
@@ -264,11 +263,7 @@ rise_start + rise_days < fall_start < den_entry, got 126.0, 263.0, 100.0
 
         """
         env = env or Env()
-        base = cls()
-        cfg = cls(
-            **{f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
-        )
-        return validated(cfg)
+        return settings_from_env(cls(), env)
 
     def chunks(self) -> Iterator[SimChunk]:
         """The simulated stream as columnar chunks, in event-time order.

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
@@ -74,9 +74,8 @@ from generators.simkit import (
     ChunkEncoder,
     SimChunk,
     SimConfigError,
-    setting_from_env,
+    settings_from_env,
     sim_messages,
-    validated,
 )
 from operators.config import Env
 from operators.events import FloatArray, IntArray
@@ -253,10 +252,7 @@ lo,hi of readings with 1 <= lo <= hi, got (3, 1)
 
         """
         env = env or Env()
-        base = cls()
-        values = {f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
-        cfg = cls(**values)
-        return validated(cfg)
+        return settings_from_env(cls(), env)
 
     def chunks(self) -> Iterator[SimChunk]:
         """The stream as columnar chunks in event-time order; ``values`` is ``(n, 5)``.

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -61,9 +61,8 @@ from generators.simkit import (
     SimChunk,
     SimConfigError,
     interleave,
-    setting_from_env,
+    settings_from_env,
     sim_messages,
-    validated,
 )
 from operators.config import Env
 from operators.events import FloatArray, Reading
@@ -242,13 +241,7 @@ class MetricSimConfig:
         """
         env = env or Env()
         base = cls()
-        values = {
-            f.name: setting_from_env(env, f.name, getattr(base, f.name))
-            for f in fields(cls)
-            if f.name != "shape"
-        }
-        cfg = cls(shape=env.choice("METRICS_SHAPE", base.shape, SHAPES), **values)
-        return validated(cfg)
+        return settings_from_env(base, env, shape=env.choice("METRICS_SHAPE", base.shape, SHAPES))
 
     def chunks(self) -> Iterator[SimChunk]:
         """The simulated stream as columnar chunks, in event-time order.

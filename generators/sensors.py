@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,8 +55,7 @@ from generators.simkit import (
     SimChunk,
     SimConfigError,
     interleave,
-    setting_from_env,
-    validated,
+    settings_from_env,
 )
 from operators.config import Env
 from operators.events import FloatArray, Reading
@@ -294,10 +293,7 @@ probability in [0, 1], got 2.0
         """
         env = env or Env()
         preset = env.choice("SIM_PRESET", preset, ["default", "original"])
-        base = cls.original() if preset == "original" else cls()
-        values = {f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
-        cfg = cls(**values)
-        return validated(cfg)
+        return settings_from_env(cls.original() if preset == "original" else cls(), env)
 
 
 @dataclass(slots=True)

@@ -26,9 +26,9 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -283,6 +283,10 @@ def sim_messages(sim: Simulation) -> Iterator[tuple[bytes, bytes]]:
 
 
 class _Validating(Protocol):
+    """A simulator's settings: a dataclass that checks itself."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
     def validate(self) -> None: ...
 
 
@@ -301,3 +305,20 @@ def validated(cfg: V) -> V:
     except SimConfigError as exc:
         raise ConfigError(f"VIGIL_SIM_{exc.field.upper()}: {exc.detail}") from None
     return cfg
+
+
+def settings_from_env(base: V, env: Env, **fixed: Any) -> V:
+    """``base`` with every field read from its ``VIGIL_SIM_<FIELD>`` variable, then validated.
+
+    Fields given in ``fixed`` take that value instead of a variable's.
+
+    Raises:
+        ConfigError: naming the variable at fault.
+
+    """
+    values = {
+        f.name: setting_from_env(env, f.name, getattr(base, f.name))
+        for f in fields(base)
+        if f.name not in fixed
+    }
+    return validated(replace(base, **values, **fixed))

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from generators.framerender import Sky, make_frame
 from generators.framesim import FramePlan, plan_frames
-from generators.simkit import SimConfigError, setting_from_env, validated
+from generators.simkit import SimConfigError, settings_from_env
 from generators.skyfield import FIELDS
 from operators.config import Env
 from operators.framecodec import encode_frame, write_fits
@@ -330,10 +330,7 @@ field kinds among ('synthetic', 'm13', 'hubble'), got ('mars',)
 
         """
         env = env or Env()
-        base = cls()
-        values = {f.name: setting_from_env(env, f.name, getattr(base, f.name)) for f in fields(cls)}
-        cfg = cls(**values)
-        return validated(cfg)
+        return settings_from_env(cls(), env)
 
 
 class FrameStream:
