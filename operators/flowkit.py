@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -42,6 +42,7 @@ from operators.events import DeadLetter, RawBatch, ScoredBatch
 from operators.normalize import Normalizer
 from operators.records import alert_message, dead_letter_message
 from operators.serde import WireFormat
+from operators.shards import DEFAULT_SHARDS, Scorer, decode_to_shards, score_shards
 from operators.sinks.files import JsonlSink
 from operators.sinks.kafka import KafkaBytesSink
 from operators.sinks.rerun import RerunConfig, RerunSink
@@ -143,7 +144,12 @@ def policy_from_env(env: Env, base: AlertPolicy) -> AlertPolicy:
     return policy
 
 
-def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.DetectConfig:
+def detect_from_env(
+    env: Env,
+    detector: str,
+    features: list[str],
+    flow_options: dict[str, dict[str, Any]] | None = None,
+) -> steps.DetectConfig:
     """The detect step's settings from ``VIGIL_DETECTOR[_OPTIONS]`` and ``VIGIL_FEATURES``.
 
     ``VIGIL_DETECTOR_OPTIONS`` is a JSON object of the detector's constructor
@@ -153,6 +159,8 @@ def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.Detec
         env: The environment.
         detector: The flow's default value detector.
         features: The flow's default features (``value`` plus any of ``stuck``, ``gap``).
+        flow_options: The flow's own options per detector name, used when
+            ``VIGIL_DETECTOR_OPTIONS`` is not set.
 
     Raises:
         ConfigError: naming the variable at fault.
@@ -169,6 +177,8 @@ def detect_from_env(env: Env, detector: str, features: list[str]) -> steps.Detec
         raise ConfigError(msg)
     name = env.choice("DETECTOR", detector, sorted(DETECTORS))
     options = env.json_settings("DETECTOR_OPTIONS")
+    if env.raw("DETECTOR_OPTIONS") is None:
+        options = dict((flow_options or {}).get(name, {}))
     try:
         make_detector(name, options)
     except ValueError as exc:
@@ -253,6 +263,7 @@ def wire(
     detect: steps.DetectConfig | WindowDetect,
     policy: AlertPolicy,
     fmt: WireFormat,
+    shards: int = DEFAULT_SHARDS,
 ) -> None:
     """Add the steps of a Vigil flow to ``flow`` (its name names the metrics).
 
@@ -264,21 +275,26 @@ def wire(
         detect: Value detector and extra features, or a trained window model.
         policy: The alert policy.
         fmt: Field names of the wire format.
+        shards: Keys the series of a value-detector flow are spread over
+            (:mod:`operators.shards`); a window-model flow keys by series.
 
     """
     name = flow.flow_id
     raw = op.input("input", flow, source)
-    decoded = steps.decode("decode", raw, name, fmt)
-    normalized = steps.normalize("normalize", decoded.oks, make_normalizer, name)
     if isinstance(detect, WindowDetect):
+        decoded = steps.decode("decode", raw, name, fmt)
+        normalized = steps.normalize("normalize", decoded.oks, make_normalizer, name)
         detected = detect_windows("detect", normalized.oks, detect.model, detect.calibrator)
+        scored = steps.alert("alert", detected, policy, name)
+        dead: Stream[DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
     else:
-        detected = steps.detect("detect", normalized.oks, detect)
-    scored = steps.alert("alert", detected, policy, name)
+        sharded = decode_to_shards("decode", raw, name, fmt, shards)
+        out = score_shards("score", sharded.oks, Scorer(make_normalizer, detect, policy, name))
+        scored = out.scored
+        dead = op.merge("dead_letters", sharded.errs, out.errs)
 
     alerts = steps.alerts_of("alerts", scored)
     op.output("alerts_out", op.map("alert_message", alerts, alert_message), sinks.alerts)
-    dead: Stream[DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
     op.output(
         "dead_letters_out",
         op.map("dead_letter_message", dead, dead_letter_message),

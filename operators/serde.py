@@ -131,12 +131,19 @@ def parse_ts_ms(raw: Any) -> int:
     if not isinstance(raw, str):
         msg = f"field 'ts': expected a timestamp string, got {type(raw).__name__} {raw!r:.40}"
         raise DecodeError(msg)
-    return _parse_ts_str(raw)
+    return parse_ts_text(raw)
 
 
 @lru_cache(maxsize=8192)
-def _parse_ts_str(raw: str) -> int:
-    # Cached: the readings of many sensors share each event time.
+def parse_ts_text(raw: str) -> int:
+    """Epoch milliseconds of an event-time string (see :func:`parse_ts_ms`); cached.
+
+    The readings of many series share each event time, so most calls are cache hits.
+
+    Raises:
+        DecodeError: naming what arrived.
+
+    """
     try:
         ts = datetime.fromisoformat(raw)
     except ValueError:

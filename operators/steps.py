@@ -96,45 +96,55 @@ class _NormalizeLogic(StatefulBatchLogic[SeriesBatch, SeriesBatch | DeadLetter, 
     ) -> tuple[Iterable[SeriesBatch | DeadLetter], bool]:
         out: list[SeriesBatch | DeadLetter] = []
         for batch in values:
-            out.extend(self._one(batch))
+            out.extend(normalize_batch(self.state, batch, self.flow_name))
         return out, StatefulBatchLogic.RETAIN
-
-    def _one(self, batch: SeriesBatch) -> list[SeriesBatch | DeadLetter]:
-        out: list[SeriesBatch | DeadLetter] = []
-        last = self.state.last_ts_ms
-        before = np.maximum.accumulate(
-            np.concatenate(([np.iinfo(np.int64).min if last is None else last], batch.ts_ms))
-        )[:-1]
-        keep = batch.ts_ms > before
-        if not keep.all():
-            for i in np.flatnonzero(~keep).tolist():
-                reason = (
-                    f"field 'ts': expected a time after {int(before[i])} ms for series "
-                    f"{batch.series!r}, got {int(batch.ts_ms[i])} ms (duplicate or out of order)"
-                )
-                offset = -1 if batch.offsets is None else int(batch.offsets[i])
-                raw = batch.raw[i] if batch.raw else None
-                out.append(
-                    DeadLetter(
-                        batch.origin,
-                        batch.partition,
-                        offset,
-                        batch.series.encode(),
-                        raw,
-                        "normalize",
-                        reason,
-                    )
-                )
-                count_dead_letter(self.flow_name, "normalize", reason)
-            batch = _take(batch, keep)
-        if len(batch):
-            self.state.last_ts_ms = int(batch.ts_ms[-1])
-            normalized = self.state.normalizer.transform_many(batch.values)
-            out.insert(0, dataclasses.replace(batch, normalized=normalized))
-        return out
 
     def snapshot(self) -> NormalizeState:
         return copy.deepcopy(self.state)
+
+
+def normalize_batch(
+    state: NormalizeState, batch: SeriesBatch, flow_name: str
+) -> list[SeriesBatch | DeadLetter]:
+    """Scale one series' batch; readings not after the latest accepted time become dead letters.
+
+    Returns:
+        The normalized readings (first, when any are left) and one dead letter
+        per reading out of event-time order.
+
+    """
+    out: list[SeriesBatch | DeadLetter] = []
+    last = state.last_ts_ms
+    before = np.maximum.accumulate(
+        np.concatenate(([np.iinfo(np.int64).min if last is None else last], batch.ts_ms))
+    )[:-1]
+    keep = batch.ts_ms > before
+    if not keep.all():
+        for i in np.flatnonzero(~keep).tolist():
+            reason = (
+                f"field 'ts': expected a time after {int(before[i])} ms for series "
+                f"{batch.series!r}, got {int(batch.ts_ms[i])} ms (duplicate or out of order)"
+            )
+            offset = -1 if batch.offsets is None else int(batch.offsets[i])
+            raw = batch.raw[i] if batch.raw else None
+            out.append(
+                DeadLetter(
+                    batch.origin,
+                    batch.partition,
+                    offset,
+                    batch.series.encode(),
+                    raw,
+                    "normalize",
+                    reason,
+                )
+            )
+            count_dead_letter(flow_name, "normalize", reason)
+        batch = _take(batch, keep)
+    if len(batch):
+        state.last_ts_ms = int(batch.ts_ms[-1])
+        normalized = state.normalizer.transform_many(batch.values)
+        out.insert(0, dataclasses.replace(batch, normalized=normalized))
+    return out
 
 
 def _take(batch: SeriesBatch, keep: np.ndarray) -> SeriesBatch:

@@ -13,14 +13,41 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from operators.detectors.base import Detector
-from operators.detectors.scale import LongRunScale, finite_z, scale_floor
+from operators.detectors.scale import (
+    LongRunScale,
+    diff_sigma,
+    diff_sigmas,
+    finite_z,
+    scale_floor,
+)
 from operators.events import BoolArray, FloatArray, IntArray
 
 MAD_TO_SIGMA = 1.4826
+
+
+def row_medians(rows: FloatArray) -> FloatArray:
+    """Median of each row of a 2-D array of finite values: ``np.median(rows, axis=1)``'s numbers.
+
+    One partition on the middle positions, without the generic median's
+    checks, which cost as much as the partition on the short rows of a window.
+
+    Example:
+        >>> row_medians(np.array([[3.0, 1.0, 2.0, 10.0], [5.0, 4.0, 6.0, 0.0]])).tolist()
+        [2.5, 4.5]
+
+    """
+    width = rows.shape[1]
+    half = width // 2
+    if width % 2:
+        return np.partition(rows, half, axis=1)[:, half]
+    part = np.partition(rows, (half - 1, half), axis=1)
+    return (part[:, half - 1] + part[:, half]) / 2.0
 
 
 def repeat_runs(same: BoolArray, carried: int) -> IntArray:
@@ -46,12 +73,17 @@ class RobustZ(Detector):
     """``|x - median| / (1.4826 MAD)`` over the last ``window`` learned values.
 
     Score range: [0, inf); about N(0, 1) in absolute value for Gaussian noise.
-    The scale has a floor of ``floor_ratio`` times the series' long-run noise
-    level (:mod:`operators.detectors.scale`), refreshed from the window every
-    ``refresh_every`` values: after a run of identical values the MAD is 0,
-    and a floor in the series' own units keeps the next ordinary readings
-    ordinary, whatever the units. Scores 0 until ``min_history`` values are
-    learned.
+    The median and MAD are those of the window as it stood at the latest
+    refresh: after ``min_history`` learned values and then every
+    ``stats_every`` values (1: after every value, the exact sliding window).
+    Refreshing every few values costs a fraction of the sorting and moves a
+    score little, since a window of ``window`` values changes by a few values
+    between refreshes. The scale has a floor of ``floor_ratio`` times the
+    series' long-run noise level (:mod:`operators.detectors.scale`), refreshed
+    from the window every ``refresh_every`` values: after a run of identical
+    values the MAD is 0, and a floor in the series' own units keeps the next
+    ordinary readings ordinary, whatever the units. Scores 0 until
+    ``min_history`` values are learned.
 
     Args:
         window: Number of recent values in the median and MAD.
@@ -60,6 +92,7 @@ class RobustZ(Detector):
         floor_halflife: Values after which the long-run noise level has
             forgotten half of what it knew.
         refresh_every: Values between updates of the long-run noise level.
+        stats_every: Values between refreshes of the median and MAD.
 
     """
 
@@ -74,33 +107,40 @@ class RobustZ(Detector):
         floor_ratio: float = 1.0,
         floor_halflife: float = 5000.0,
         refresh_every: int = 30,
+        stats_every: int = 1,
     ) -> None:
-        if window < min_history or min_history < 2 or not 1 <= refresh_every <= window:
+        if (
+            window < min_history
+            or min_history < 2
+            or not 1 <= refresh_every <= window
+            or not 1 <= stats_every <= window
+        ):
             msg = (
-                "robust-z: expected 2 <= min_history <= window and 1 <= refresh_every <= window,"
-                f" got min_history={min_history}, window={window}, refresh_every={refresh_every}"
+                "robust-z: expected 2 <= min_history <= window and 1 <= refresh_every, stats_every"
+                f" <= window, got min_history={min_history}, window={window}, refresh_every="
+                f"{refresh_every}, stats_every={stats_every}"
             )
             raise ValueError(msg)
         self.window = window
         self.min_history = min_history
         self.floor_ratio = floor_ratio
         self.refresh_every = refresh_every
+        self.stats_every = stats_every
         self.long_run = LongRunScale.with_halflife(floor_halflife, refresh_every)
         self.count = 0
         self.history = np.empty(0, dtype=np.float64)
+        self.median = math.nan  # nan until the first refresh
+        self.mad = math.nan
 
     def _z(
-        self, xs: FloatArray, med: FloatArray, mad: FloatArray, long_run: float | FloatArray
+        self,
+        xs: FloatArray,
+        med: float | FloatArray,
+        mad: float | FloatArray,
+        long_run: float | FloatArray,
     ) -> FloatArray:
         floor = scale_floor(self.floor_ratio, long_run, med)
         return finite_z(xs - med, np.maximum(MAD_TO_SIGMA * mad, floor))
-
-    def _score_against(self, x: float, hist: FloatArray) -> float:
-        if len(hist) < self.min_history:
-            return 0.0
-        med = np.median(hist, keepdims=True)
-        mad = np.median(np.abs(hist - med), keepdims=True)
-        return float(self._z(np.array([x]), med, mad, self.long_run.value)[0])
 
     def _next_refresh(self) -> int:
         if self.count < self.min_history:
@@ -108,8 +148,10 @@ class RobustZ(Detector):
         return (self.count // self.refresh_every + 1) * self.refresh_every
 
     def score_one(self, x: float) -> float:
-        """Robust z-score of ``x`` against the window."""
-        return self._score_against(x, self.history)
+        """Robust z-score of ``x`` against the window's latest median and MAD."""
+        if math.isnan(self.median):
+            return 0.0
+        return float(self._z(np.array([x]), self.median, self.mad, self.long_run.value)[0])
 
     def learn_one(self, x: float) -> None:
         """Append ``x`` to the window, dropping the oldest value when full."""
@@ -118,36 +160,77 @@ class RobustZ(Detector):
         self.count += 1
         if self.count == due:
             self.long_run.update(self.history)
+        if self._stats_due(self.count):
+            self.median = float(np.median(self.history))
+            self.mad = float(np.median(np.abs(self.history - self.median)))
+
+    def _stats_due(self, count: int) -> bool:
+        return count >= self.min_history and (count - self.min_history) % self.stats_every == 0
 
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
-        """Vectorised score-then-learn over full windows."""
-        out = np.empty(len(xs), dtype=np.float64)
-        i = 0
-        while i < len(xs) and len(self.history) < self.window:
-            out[i] = self.score_one(float(xs[i]))
-            self.learn_one(float(xs[i]))
-            i += 1
-        if i < len(xs):
-            n = len(xs) - i
-            joined = np.concatenate((self.history, xs[i:]))
-            windows = sliding_window_view(joined, self.window)[:n]
-            med = np.median(windows, axis=1)
-            mad = np.median(np.abs(windows - med[:, None]), axis=1)
-            # The long-run noise level in force for each value: it changes at
-            # refreshes, from the window as it stands after the refreshing value.
-            long_run = np.empty(n, dtype=np.float64)
-            j = 0
-            while j < n:
-                due = self._next_refresh()
-                end = min(j + due - self.count, n)
-                long_run[j:end] = self.long_run.value
-                self.count += end - j
-                if self.count == due:
-                    self.long_run.update(joined[end : end + self.window])
-                j = end
-            out[i:] = self._z(xs[i:], med, mad, long_run)
-            self.history = joined[-self.window :].copy()
+        """Vectorised score-then-learn: the median and MAD only at refreshes."""
+        n = len(xs)
+        if n == 0:
+            return np.empty(0, dtype=np.float64)
+        hist_len = len(self.history)
+        joined = np.concatenate((self.history, xs))
+        # Element j is learned as the (count + j + 1)-th value; a refresh after it
+        # serves the elements after it.
+        learned = self.count + 1 + np.arange(n)
+        due = (learned >= self.min_history) & ((learned - self.min_history) % self.stats_every == 0)
+        after = np.flatnonzero(due)
+        ends = hist_len + after + 1
+        meds = np.empty(len(after), dtype=np.float64)
+        mads = np.empty(len(after), dtype=np.float64)
+        full = ends >= self.window
+        if full.any():
+            rows = sliding_window_view(joined, self.window)[ends[full] - self.window]
+            meds[full] = row_medians(rows)
+            mads[full] = row_medians(np.abs(rows - meds[full, None]))
+        for k in np.flatnonzero(~full).tolist():  # a young series' partial windows
+            part = joined[: ends[k]]
+            meds[k] = np.median(part)
+            mads[k] = np.median(np.abs(part - meds[k]))
+        # Stats in force for each element: the last refresh before it, else the carried ones.
+        latest = np.searchsorted(after, np.arange(n), side="left") - 1
+        med = np.concatenate(([self.median], meds))[latest + 1]
+        mad = np.concatenate(([self.mad], mads))[latest + 1]
+        long_run = self._long_run_in_force(joined, hist_len, n)
+        out = np.zeros(n, dtype=np.float64)
+        ready = ~np.isnan(med)
+        out[ready] = self._z(xs[ready], med[ready], mad[ready], long_run[ready])
+        if len(after):
+            self.median, self.mad = float(meds[-1]), float(mads[-1])
+        self.history = joined[-self.window :].copy()
         return out
+
+    def _long_run_in_force(self, joined: FloatArray, hist_len: int, n: int) -> FloatArray:
+        """The long-run noise level each element is scored with; updates it as learning goes."""
+        # Refreshes fall after the element that makes the count due: min_history,
+        # then every multiple of refresh_every.
+        learned = self.count + 1 + np.arange(n)
+        due = (learned == self.min_history) | (
+            (learned > self.min_history) & (learned % self.refresh_every == 0)
+        )
+        after = np.flatnonzero(due)
+        stops = hist_len + after + 1
+        sigmas = np.zeros(len(after), dtype=np.float64)
+        full = stops >= self.window
+        if full.any():
+            rows = sliding_window_view(joined, self.window)[stops[full] - self.window]
+            sigmas[full] = diff_sigmas(rows)
+        for k in np.flatnonzero(~full).tolist():  # a young series' partial windows
+            sigmas[k] = diff_sigma(joined[: stops[k]])
+        long_run = np.empty(n, dtype=np.float64)
+        start = 0
+        for k, j in enumerate(after.tolist()):
+            long_run[start : j + 1] = self.long_run.value
+            if stops[k] >= 2:
+                self.long_run.fold(float(sigmas[k]))
+            start = j + 1
+        long_run[start:] = self.long_run.value
+        self.count += n
+        return long_run
 
 
 class Flatline(Detector):
@@ -210,6 +293,21 @@ class Flatline(Detector):
         return np.asarray(out, dtype=np.float64)
 
 
+def _window_medians(joined: FloatArray, window: int, count: int) -> FloatArray:
+    """Medians of the first ``count`` sliding windows of ``joined``.
+
+    Event intervals are mostly one value repeated: a window holding only the
+    latest value has it as its median, and only the other windows are sorted.
+    """
+    common = joined[-1]
+    odd = np.concatenate(([0], np.cumsum(joined != common)))
+    mixed = (odd[window : window + count] - odd[:count]) > 0
+    out = np.full(count, common, dtype=np.float64)
+    if mixed.any():
+        out[mixed] = row_medians(sliding_window_view(joined, window)[:count][mixed])
+    return out
+
+
 class Gap(Detector):
     """Surprise of a gap in a series' event times (a dropout).
 
@@ -267,7 +365,7 @@ class Gap(Detector):
             i += 1
         if i < n:
             joined = np.concatenate((hist, xs[i:]))
-            typical = np.median(sliding_window_view(joined, self.window)[: n - i], axis=1)
+            typical = _window_medians(joined, self.window, n - i)
             with np.errstate(divide="ignore", invalid="ignore"):
                 m = np.where(typical > 0, np.round(xs[i:] / np.where(typical > 0, typical, 1)), 1)
             missing[i:] = np.maximum(m.astype(np.int64) - 1, 0)

@@ -61,6 +61,18 @@ def diff_sigma(window: FloatArray) -> float:
     return float(MEAN_ABS_DIFF_TO_SIGMA * np.mean(np.abs(np.diff(window))))
 
 
+def diff_sigmas(rows: FloatArray) -> FloatArray:
+    """:func:`diff_sigma` of each row of a 2-D array (rows of >= 2 values), the same numbers.
+
+    Example:
+        >>> diff_sigmas(np.array([[1.0, 2.0, 1.0, 2.0], [0.0, 0.0, 0.0, 0.0]])).round(3).tolist()
+        [0.886, 0.0]
+
+    """
+    sigmas: FloatArray = MEAN_ABS_DIFF_TO_SIGMA * np.mean(np.abs(np.diff(rows, axis=1)), axis=1)
+    return sigmas
+
+
 class LongRunScale:
     """Exponentially weighted average of the noise level of recent windows.
 
@@ -92,9 +104,13 @@ class LongRunScale:
         """Fold in the noise level of ``window`` (chronological values)."""
         if len(window) < 2:
             return
+        self.fold(diff_sigma(window))
+
+    def fold(self, sigma: float) -> None:
+        """Fold in a window's noise level already measured (see :func:`diff_sigmas`)."""
         self.updates += 1
         w = max(1.0 / self.updates, self.weight)
-        self.value += w * (diff_sigma(window) - self.value)
+        self.value += w * (sigma - self.value)
 
 
 def scale_floor(

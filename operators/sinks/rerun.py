@@ -3,9 +3,11 @@
 Every ``rerun`` call of Vigil lives here. Each worker owns an explicit
 :class:`rerun.RecordingStream` (never the global one); all workers share one
 application id and one recording id, so the viewer merges what they send
-into a single recording. Per ``write_batch``, the batches of one series are
-concatenated and logged with one ``send_columns`` per entity, so the cost per
-reading is a few array copies rather than a Python call.
+into a single recording. The sink gathers batches for ``flush_s`` seconds of
+wall clock, then concatenates each series' batches and logs them with one
+``send_columns`` per entity, so the cost per reading is a few array copies
+rather than a Python call. A worker draws its first ``max_series`` series one
+by one; the alerts of any further series go to one shared entity.
 
 Entities, on the ``event_time`` timestamp timeline (event time of the data),
 under the entity root of the flow's :class:`ViewLabels` (``temperature`` for
@@ -18,6 +20,8 @@ the sensors flow, ``metric`` for the metrics flow):
   point without a cross a false alarm);
 * ``score/<series>``: two scalars per reading, the calibrated score in [0, 1]
   and the alert threshold it was held to (a line each);
+* ``<root>/other-series``: alerted readings of the series beyond
+  ``max_series``, red points, one entity for all of them;
 * ``cloud/data/<series>`` and ``cloud/alert/<series>`` (when the labels ask
   for it, as the sensors flow's do): a 3D cloud of (minutes since 00:00 UTC
   of the first reading a worker saw, value, 10 x series index), alerts
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,15 +222,56 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         self._origin_ms: int | None = None
         self._readings = 0
         self._alerts = 0
+        self._pending: dict[str, list[ScoredBatch]] = {}
+        self._others: list[ScoredBatch] = []
+        self._others_path = f"{rr.escape_entity_path_part(labels.entity)}/other-series"
+        self._others_seen: set[str] = set()
+        self._due = time.monotonic() + cfg.flush_s
         logger.info("%s: worker %d logs to %s", step_id, worker_index, self._dest)
 
     def write_batch(self, items: list[ScoredBatch]) -> None:
-        groups: dict[str, list[ScoredBatch]] = {}
+        drawn = self._paths.keys() | self._pending.keys()
         for batch in items:
-            if len(batch):
-                groups.setdefault(batch.series, []).append(batch)
-        for series, batches in groups.items():
+            if not len(batch):
+                continue
+            if batch.series in drawn or len(drawn) < self._cfg.max_series:
+                self._pending.setdefault(batch.series, []).append(batch)
+                drawn.add(batch.series)
+            else:
+                self._others.append(batch)
+        now = time.monotonic()
+        if now >= self._due:
+            self._flush()
+            self._due = now + self._cfg.flush_s
+
+    def _flush(self) -> None:
+        for series, batches in self._pending.items():
             self._write_series(self._paths_of(series), batches)
+        self._pending.clear()
+        if self._others:
+            self._write_others(self._others)
+            self._others = []
+
+    def _write_others(self, batches: list[ScoredBatch]) -> None:
+        """Alerted readings of the series not drawn one by one, in one entity."""
+        if not self._others_seen:
+            style = rr.SeriesPoints(
+                colors=_RED, names="alerts of other series", markers="circle", marker_sizes=3.0
+            )
+            self._rec.log(self._others_path, style, static=True, strict=True)
+        self._others_seen.update(b.series for b in batches)
+        ts = np.concatenate([b.ts_ms for b in batches])
+        values = np.concatenate([b.values for b in batches])
+        alerted = np.concatenate([b.alerted for b in batches])
+        order = np.argsort(ts[alerted], kind="stable")
+        if len(order):
+            self._send(
+                self._others_path,
+                [_timestamps(ts[alerted][order])],
+                _scalars(values[alerted][order]),
+            )
+        self._readings += len(ts)
+        self._alerts += int(alerted.sum())
 
     def _paths_of(self, series: str) -> _Paths:
         paths = self._paths.get(series)
@@ -345,9 +391,15 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         rr.send_columns(path, indexes=times, columns=[column], recording=self._rec, strict=True)
 
     def close(self) -> None:
+        self._flush()
         close_stream(self._rec, self._dest)
         logger.info(
-            "logged %d readings (%d alerted) to %s", self._readings, self._alerts, self._dest
+            "logged %d readings (%d alerted) to %s; %d series drawn, the alerts of %d more",
+            self._readings,
+            self._alerts,
+            self._dest,
+            len(self._paths),
+            len(self._others_seen),
         )
 
 

@@ -48,6 +48,8 @@ _STARTUP_S = 20.0
 _STARTED: list[subprocess.Popen[bytes]] = []
 DEFAULT_URL = "rerun+http://127.0.0.1:9876/proxy"
 DEFAULT_BIND = "127.0.0.1"
+DEFAULT_MAX_SERIES = 100
+DEFAULT_FLUSH_S = 0.25
 DEFAULT_GRPC_PORT = 9876
 DEFAULT_WEB_PORT = 9090
 DEFAULT_MEMORY_LIMIT = "1GiB"
@@ -100,6 +102,12 @@ class RerunConfig:
         memory_limit: Memory the started viewer (``spawn``) or server (``serve``) may use
             before it drops the oldest data, for example ``1GiB`` or ``25%``.
         labels: What the view calls the readings.
+        max_series: Series a worker draws one by one (lines, scores, cloud); the
+            alerts of any further series are drawn together, under
+            ``<root>/other-series``, so that a flow over many thousands of series
+            does not log a thousand entities per batch.
+        flush_s: Seconds of wall clock the sink gathers readings for before it
+            logs them (fewer, larger ``send_columns`` calls; the view lags by it).
 
     """
 
@@ -113,6 +121,8 @@ class RerunConfig:
     recording_id: str = field(default_factory=lambda: default_recording_id(APPLICATION_ID))
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     labels: ViewLabels = field(default_factory=ViewLabels)
+    max_series: int = DEFAULT_MAX_SERIES
+    flush_s: float = DEFAULT_FLUSH_S
 
     @classmethod
     def recording(cls, path: Path, application_id: str, labels: ViewLabels) -> RerunConfig:
@@ -164,6 +174,8 @@ class RerunConfig:
             recording_id=env.text("RERUN_RECORDING_ID", default_recording_id(application_id)),
             memory_limit=env.text("RERUN_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
             labels=labels or ViewLabels(),
+            max_series=env.integer("RERUN_MAX_SERIES", DEFAULT_MAX_SERIES, min_value=0),
+            flush_s=env.number("RERUN_FLUSH_S", DEFAULT_FLUSH_S),
         )
         cfg.validate()
         return cfg
@@ -193,6 +205,8 @@ class RerunConfig:
         if self.mode == "serve" and self.grpc_port == self.web_port:
             msg = f"VIGIL_RERUN_WEB_PORT: expected a port other than the gRPC port {self.grpc_port}"
             raise ConfigError(msg)
+        if not 0.0 <= self.flush_s <= 60.0:
+            raise ConfigError(f"VIGIL_RERUN_FLUSH_S: expected 0..60 seconds, got {self.flush_s}")
         if not _MEMORY.match(self.memory_limit):
             msg = (
                 "VIGIL_RERUN_MEMORY_LIMIT: expected a size such as 1GiB or 25%, "

@@ -1,0 +1,203 @@
+"""The hot path of the value-detector flows: many series per Bytewax key.
+
+Keying every step by series makes the runtime's per-key costs (a state
+object, a snapshot at every epoch, an item per series and step) grow with
+the number of series: with 10,000 sensors a 1,000-message batch becomes
+1,000 items of one reading each, three times over. Here the series are
+spread over a fixed number of *shards* (``crc32(series) % shards``):
+
+    raw batch -> decode -> one item per shard (its series' batches)
+              -> score: normalize, detect, alert policy per series, in one
+                 stateful step whose state per shard maps series to state
+              -> scored batches and dead letters
+
+A shard's state is snapshotted as one pickle (a deep copy that is cheaper
+than ``copy.deepcopy`` and is what Bytewax stores anyway). Each series is
+still scored with its own state and the same functions as the per-series
+steps of :mod:`operators.steps`, so the numbers are the same; only the
+grouping differs.
+
+Example:
+    >>> shard_of("3", 64), shard_of("3", 64) == shard_of("3", 64)
+    ('27', True)
+
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from operators.alerting import AlertPolicy, AlertState, apply_policy
+from operators.decode import decode_batch
+from operators.detectors import make_detector
+from operators.events import DeadLetter, RawBatch, ScoredBatch, SeriesBatch
+from operators.metrics import ALERTS, EVENTS, Progress, count_dead_letter
+from operators.normalize import Normalizer
+from operators.serde import WireFormat
+from operators.steps import (
+    DetectConfig,
+    DetectState,
+    NormalizeState,
+    detect_batch,
+    new_detect_state,
+    normalize_batch,
+)
+
+#: Shards per flow unless configured: enough to spread over many workers,
+#: few enough that a batch of many series makes few items.
+DEFAULT_SHARDS = 64
+
+ShardItem = tuple[SeriesBatch, ...]
+
+
+@lru_cache(maxsize=1 << 16)
+def shard_of(series: str, shards: int) -> str:
+    """The shard (a Bytewax key) of a series: stable across processes and runs."""
+    return str(zlib.crc32(series.encode()) % shards)
+
+
+@dataclass(frozen=True)
+class ShardDecodeOut:
+    """Streams out of :func:`decode_to_shards`."""
+
+    oks: KeyedStream[ShardItem]
+    errs: Stream[DeadLetter]
+
+
+@operator
+def decode_to_shards(
+    step_id: str, up: Stream[RawBatch], flow_name: str, fmt: WireFormat, shards: int
+) -> ShardDecodeOut:
+    """Decode raw batches into per-shard groups of per-series batches; bad messages dead-letter.
+
+    Args:
+        step_id: Unique id.
+        up: Raw micro-batches from a source.
+        flow_name: Name of the flow, for metrics.
+        fmt: Field names of the wire format.
+        shards: Number of shards the series are spread over.
+
+    """
+    if shards < 1:
+        raise ValueError(f"{step_id}: expected shards >= 1, got {shards}")
+    progress = Progress(flow_name)
+    events = EVENTS.labels(flow=flow_name, step=step_id)
+
+    def _decode(raw: RawBatch) -> list[tuple[str, ShardItem] | DeadLetter]:
+        out = decode_batch(raw, fmt)
+        events.inc(len(raw))
+        progress.add(len(raw), len(out.errs))
+        for err in out.errs:
+            count_dead_letter(flow_name, err.step, err.reason)
+        groups: dict[str, list[SeriesBatch]] = {}
+        for batch in out.oks:
+            groups.setdefault(shard_of(batch.series, shards), []).append(batch)
+        items: list[tuple[str, ShardItem] | DeadLetter] = [
+            (key, tuple(batches)) for key, batches in groups.items()
+        ]
+        items.extend(out.errs)
+        return items
+
+    decoded = op.flat_map("decode", up, _decode)
+    split = op.branch("split", decoded, lambda x: isinstance(x, tuple))
+    oks: KeyedStream[ShardItem] = split.trues  # type: ignore[assignment]
+    errs: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
+    return ShardDecodeOut(oks, errs)
+
+
+@dataclass
+class SeriesState:
+    """Everything the score step keeps for one series."""
+
+    normalize: NormalizeState
+    detect: DetectState
+    alert: AlertState
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """How the score step treats every series: normalizer, detectors, policy."""
+
+    make_normalizer: Callable[[], Normalizer]
+    detect: DetectConfig
+    policy: AlertPolicy
+    flow_name: str
+
+    def new_state(self) -> SeriesState:
+        """Fresh state for a series seen for the first time."""
+        return SeriesState(
+            NormalizeState(self.make_normalizer()), new_detect_state(self.detect), AlertState()
+        )
+
+    def score(self, state: SeriesState, batch: SeriesBatch) -> list[ScoredBatch | DeadLetter]:
+        """Normalize, detect and apply the policy to one series' batch (updates ``state``)."""
+        out: list[ScoredBatch | DeadLetter] = []
+        for item in normalize_batch(state.normalize, batch, self.flow_name):
+            if isinstance(item, DeadLetter):
+                out.append(item)
+                continue
+            detected = detect_batch(self.detect, state.detect, item)
+            scored = apply_policy(self.policy, state.alert, detected)
+            for a in scored.alerts:
+                ALERTS.labels(flow=self.flow_name, severity=a.severity).inc()
+            out.append(scored)
+        return out
+
+
+class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]):
+    def __init__(self, scorer: Scorer, states: dict[str, SeriesState]) -> None:
+        self.scorer = scorer
+        self.states = states
+
+    def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[ScoredBatch | DeadLetter], bool]:
+        out: list[ScoredBatch | DeadLetter] = []
+        states = self.states
+        for item in values:
+            for batch in item:
+                state = states.get(batch.series)
+                if state is None:
+                    state = states[batch.series] = self.scorer.new_state()
+                out.extend(self.scorer.score(state, batch))
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.states, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@dataclass(frozen=True)
+class ScoreOut:
+    """Streams out of :func:`score_shards`: scored batches (unkeyed) and dead letters."""
+
+    scored: Stream[ScoredBatch]
+    errs: Stream[DeadLetter]
+
+
+@operator
+def score_shards(step_id: str, up: KeyedStream[ShardItem], scorer: Scorer) -> ScoreOut:
+    """Normalize, score and apply the alert policy to every series of each shard.
+
+    Args:
+        step_id: Unique id.
+        up: Per-shard groups of per-series batches.
+        scorer: Normalizer, detectors and policy of every series.
+
+    """
+    scorer.policy.validate()
+    make_detector(scorer.detect.detector, dict(scorer.detect.options))  # fail at build time
+
+    def builder(resume: bytes | None) -> _ScoreLogic:
+        return _ScoreLogic(scorer, {} if resume is None else pickle.loads(resume))
+
+    items = op.key_rm("unkey", op.stateful_batch("score", up, builder))
+    split = op.branch("split", items, lambda x: isinstance(x, ScoredBatch))
+    scored: Stream[ScoredBatch] = split.trues  # type: ignore[assignment]
+    errs: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
+    return ScoreOut(scored, errs)
