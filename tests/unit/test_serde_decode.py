@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from operators.decode import decode_batch
+from operators.decode import _decode_columnar, _decode_each, decode_batch
 from operators.events import RawBatch, Reading
-from operators.serde import DecodeError, decode_reading, encode_reading
+from operators.serde import SENSORS, DecodeError, decode_reading, encode_reading
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -92,3 +94,63 @@ def test_decode_batch_groups_by_series_and_keeps_bad_bytes() -> None:
     )
     assert err.step == "decode"
     assert math.isfinite(out.oks[1].values[0])
+
+
+def _batches(out: object) -> list[tuple[object, ...]]:
+    return [
+        (b.series, b.ts_ms.tolist(), b.values.tolist(), b.labels, b.offsets.tolist(), b.raw)
+        for b in out.oks  # type: ignore[attr-defined]
+    ] + [(e.offset, e.reason, e.value) for e in out.errs]  # type: ignore[attr-defined]
+
+
+_reading = st.fixed_dictionaries(
+    {
+        "sensor_id": st.sampled_from(["1", "2", "dock-7", "ä"]),
+        "ts": st.integers(0, 10**6).map(
+            lambda s: (datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=s)).strftime(
+                "%Y-%m-%d %H:%M:%S"
+            )
+        ),
+        "temp": st.one_of(st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6)),
+        "label": st.one_of(st.none(), st.sampled_from(["spike", "stuck"])),
+    }
+)
+# Messages a columnar batch must turn down, leaving them to the per-message rules.
+_odd = st.sampled_from(
+    [
+        None,
+        b"{bad",
+        b"[1]",
+        b'{"sensor_id": 3, "ts": "2024-01-01 00:00:01", "temp": 1}',
+        b'{"ts": "2024-01-01 00:00:01", "temp": 1}',
+        b'{"sensor_id": "1", "ts": "2024-01-01T00:00:01+01:00", "temp": 1}',
+        b'{"sensor_id": "1", "ts": "1970-01-01 00:00:01", "temp": 1}',
+        b'{"sensor_id": "1", "ts": "2024-01-01 00:00:01", "temp": true}',
+        b'{"sensor_id": "1", "ts": "2024-01-01 00:00:01", "temp": "1"}',
+        b'{"sensor_id": "", "ts": "2024-01-01 00:00:01", "temp": 1}',
+        b'{"sensor_id": "1", "ts": "2024-01-01 00:00:01", "temp": 1, "label": 5}',
+    ]
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    st.lists(
+        st.one_of(_reading.map(orjson.dumps), _reading.map(orjson.dumps), _odd),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_columnar_decode_equals_message_by_message(values: list[bytes | None]) -> None:
+    raw = RawBatch(
+        "t", 0, tuple(b"k" for _ in values), tuple(values), tuple(range(100, 100 + len(values)))
+    )
+    assert _batches(decode_batch(raw)) == _batches(_decode_each(raw, SENSORS))
+
+
+def test_a_plainly_valid_batch_takes_the_columnar_path() -> None:
+    raw = RawBatch("t", 0, (b"2", b"3"), (msg(), msg(sensor_id="3")), (0, 1))
+    assert _decode_columnar(raw, SENSORS) is not None
+    odd = RawBatch("t", 0, (b"2", b"3"), (msg(), msg(sensor_id=3)), (0, 1))
+    assert _decode_columnar(odd, SENSORS) is None
+    assert [b.series for b in decode_batch(odd).oks] == ["2", "3"]
