@@ -40,6 +40,7 @@ from operators.flowkit import (
 )
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
 from operators.serde import METRICS
+from operators.shards import DEFAULT_SHARDS
 from operators.sinks.rerun import RerunConfig, ViewLabels
 
 FLOW_NAME = "metrics"
@@ -72,6 +73,7 @@ class Config:
         sim_partitions: Source partitions of the embedded simulator.
         sim_rate: Events per second offered by the simulator (0: unpaced).
         batch_size: Messages per source micro-batch.
+        shards: Keys the series are spread over (:mod:`operators.shards`).
         normalizer: ``robust`` (median/IQR of each series' previous values),
             ``minmax`` or ``fixed``.
         fixed_lo: Lower bound of the fixed normalizer.
@@ -89,6 +91,7 @@ class Config:
     sim_partitions: int = 4
     sim_rate: float = 0.0
     batch_size: int = 1000
+    shards: int = DEFAULT_SHARDS
     normalizer: str = "fixed"
     fixed_lo: float = 0.0
     fixed_hi: float = 1.0
@@ -143,6 +146,7 @@ class Config:
             sim_partitions=env.integer("SIM_PARTITIONS", defaults.sim_partitions, min_value=1),
             sim_rate=env.number("SIM_RATE", defaults.sim_rate),
             batch_size=env.integer("BATCH_SIZE", defaults.batch_size, min_value=1),
+            shards=env.integer("SHARDS", DEFAULT_SHARDS, min_value=1),
             normalizer=env.choice("NORMALIZER", defaults.normalizer, sorted(NORMALIZERS)),
             fixed_lo=env.number("FIXED_LO", defaults.fixed_lo),
             fixed_hi=env.number("FIXED_HI", defaults.fixed_hi),
@@ -185,6 +189,7 @@ def build_flow(
         detect=cfg.detect,
         policy=cfg.policy,
         fmt=METRICS,
+        shards=cfg.shards,
     )
     return flow
 

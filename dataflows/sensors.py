@@ -36,6 +36,7 @@ from operators.flowkit import (
 )
 from operators.normalize import NORMALIZERS, Normalizer, make_normalizer
 from operators.serde import SENSORS
+from operators.shards import DEFAULT_SHARDS
 from operators.sinks.rerun import RerunConfig
 
 #: This flow's value detector unless ``VIGIL_DETECTOR`` says otherwise. The
@@ -65,6 +66,7 @@ class Config:
         sim_partitions: Source partitions of the embedded simulator.
         sim_rate: Events per second offered by the simulator (0: unpaced).
         batch_size: Messages per source micro-batch.
+        shards: Keys the series are spread over (:mod:`operators.shards`).
         normalizer: ``fixed``, ``minmax`` or ``robust``.
         fixed_lo: Lower bound of the fixed normalizer.
         fixed_hi: Upper bound of the fixed normalizer.
@@ -81,6 +83,7 @@ class Config:
     sim_partitions: int = 4
     sim_rate: float = 0.0
     batch_size: int = 1000
+    shards: int = DEFAULT_SHARDS
     normalizer: str = "fixed"
     fixed_lo: float = 21.0
     fixed_hi: float = 85.0
@@ -145,6 +148,7 @@ class Config:
             sim_partitions=env.integer("SIM_PARTITIONS", 4, min_value=1),
             sim_rate=env.number("SIM_RATE", 0.0),
             batch_size=env.integer("BATCH_SIZE", 1000, min_value=1),
+            shards=env.integer("SHARDS", DEFAULT_SHARDS, min_value=1),
             normalizer=env.choice("NORMALIZER", "fixed", sorted(NORMALIZERS)),
             fixed_lo=env.number("FIXED_LO", 21.0),
             fixed_hi=env.number("FIXED_HI", 85.0),
@@ -187,6 +191,7 @@ def build_flow(
         detect=cfg.detect,
         policy=cfg.policy,
         fmt=SENSORS,
+        shards=cfg.shards,
     )
     return flow
 

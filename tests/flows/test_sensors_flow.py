@@ -168,6 +168,16 @@ def test_two_workers_give_the_same_alerts_as_one() -> None:
     assert one == two
 
 
+def test_the_number_of_shards_changes_no_alert() -> None:
+    batches = sim_batches(SIM)
+    by_shards = [
+        {a["alert_id"]: a for a in run(Config(shards=n), TestingSource(batches))[0]}
+        for n in (64, 1, 3)
+    ]
+    assert len(by_shards[0]) > 10
+    assert by_shards[0] == by_shards[1] == by_shards[2]
+
+
 def test_alerts_cover_the_labelled_anomalies() -> None:
     alerts, _ = run(Config(), TestingSource(sim_batches(replace(SIM, count=20_000))))
     labelled = [a for a in alerts if a["label"] is not None]
