@@ -44,6 +44,7 @@ from generators.metrics import MetricSimConfig
 from generators.sensors import SensorSimConfig
 from generators.simkit import SimConfigError
 from generators.telescope import TelescopeSimConfig
+from operators.config import ConfigError, Env
 
 DESCRIPTION = "Produce simulated, labelled readings to Kafka or to JSON lines."
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -169,7 +170,8 @@ def _add_output_options(
         type=_kafka_config,
         default={},
         metavar="JSON",
-        help='extra librdkafka settings, e.g. \'{"security.protocol": "SASL_SSL"}\'',
+        help='extra librdkafka settings, e.g. \'{"security.protocol": "SASL_SSL"}\' '
+        "(over those of VIGIL_KAFKA_CONFIG)",
     )
     out.add_argument("--compression", default="lz4", help="Kafka compression (default lz4)")
     out.add_argument(
@@ -323,6 +325,35 @@ def _write_lines(
     return EXIT_OK
 
 
+def producer_config(args: argparse.Namespace, env: Env | None = None) -> dict[str, Any]:
+    """The producer's librdkafka settings: defaults, ``VIGIL_KAFKA_CONFIG``, then the options.
+
+    ``VIGIL_KAFKA_CONFIG`` (a JSON object, as the flows read it) carries SASL/TLS
+    settings shared with the flows; ``--kafka-config`` overrides any of its keys.
+
+    Raises:
+        ConfigError: when ``VIGIL_KAFKA_CONFIG`` is not a JSON object.
+
+    Example:
+        >>> args = build_parser().parse_args(
+        ...     ["sensors", "--bootstrap", "b:9092", "--kafka-config", '{"linger.ms": 5}']
+        ... )
+        >>> env = Env({"VIGIL_KAFKA_CONFIG": '{"security.protocol": "SASL_SSL"}'})
+        >>> config = producer_config(args, env)
+        >>> config["security.protocol"], config["linger.ms"], config["bootstrap.servers"]
+        ('SASL_SSL', 5, 'b:9092')
+
+    """
+    shared = (env or Env()).json_object("KAFKA_CONFIG")
+    return {
+        **DEFAULT_PRODUCER_CONFIG,
+        "compression.type": args.compression,
+        **shared,
+        **args.kafka_config,
+        "bootstrap.servers": args.bootstrap,
+    }
+
+
 def _produce(
     messages: Iterator[tuple[bytes, bytes]], args: argparse.Namespace, progress: _Progress
 ) -> int:
@@ -350,15 +381,13 @@ def _produce(
             last_text, last_time = text, now
             print(f"kafka: {text}", file=errors)
 
-    config = {
-        **DEFAULT_PRODUCER_CONFIG,
-        "compression.type": args.compression,
-        **args.kafka_config,
-        "bootstrap.servers": args.bootstrap,
-        "error_cb": on_error,
-    }
     try:
-        producer = Producer(config)
+        config = producer_config(args)
+    except ConfigError as exc:
+        print(f"kafka: {exc}", file=errors)
+        return EXIT_USAGE
+    try:
+        producer = Producer({**config, "error_cb": on_error})
     except KafkaException as exc:  # a bad setting in --kafka-config or --compression
         print(f"kafka: cannot create the producer: {exc}", file=errors)
         return EXIT_USAGE

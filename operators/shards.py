@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import pickle
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from operators.alerting import AlertPolicy, AlertState, apply_policy
 from operators.decode import decode_batch
 from operators.detectors import make_detector
 from operators.events import DeadLetter, RawBatch, ScoredBatch, SeriesBatch
-from operators.metrics import ALERTS, EVENTS, Progress, count_dead_letter
+from operators.metrics import ALERTS, Progress, count_dead_letter, step_metrics
 from operators.normalize import Normalizer
 from operators.serde import WireFormat
 from operators.steps import (
@@ -89,11 +90,12 @@ def decode_to_shards(
     if shards < 1:
         raise ValueError(f"{step_id}: expected shards >= 1, got {shards}")
     progress = Progress(flow_name)
-    events = EVENTS.labels(flow=flow_name, step=step_id)
+    metrics = step_metrics(flow_name, "decode")
 
     def _decode(raw: RawBatch) -> list[tuple[str, ShardItem] | DeadLetter]:
+        started = time.perf_counter()
         out = decode_batch(raw, fmt)
-        events.inc(len(raw))
+        metrics.observe(len(raw), len(raw) - len(out.errs), time.perf_counter() - started)
         progress.add(len(raw), len(out.errs))
         for err in out.errs:
             count_dead_letter(flow_name, err.step, err.reason)
@@ -156,16 +158,22 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
     def __init__(self, scorer: Scorer, states: dict[str, SeriesState]) -> None:
         self.scorer = scorer
         self.states = states
+        self.metrics = step_metrics(scorer.flow_name, "score")
 
     def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[ScoredBatch | DeadLetter], bool]:
+        started = time.perf_counter()
         out: list[ScoredBatch | DeadLetter] = []
         states = self.states
+        events = 0
         for item in values:
             for batch in item:
+                events += len(batch)
                 state = states.get(batch.series)
                 if state is None:
                     state = states[batch.series] = self.scorer.new_state()
                 out.extend(self.scorer.score(state, batch))
+        scored = sum(len(x) for x in out if isinstance(x, ScoredBatch))
+        self.metrics.observe(events, scored, time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:

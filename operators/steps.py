@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from operators.events import (
     ScoredBatch,
     SeriesBatch,
 )
-from operators.metrics import ALERTS, EVENTS, Progress, count_dead_letter
+from operators.metrics import ALERTS, Progress, count_dead_letter, step_metrics
 from operators.normalize import Normalizer
 from operators.serde import SENSORS, WireFormat
 
@@ -61,11 +62,12 @@ def decode(
 
     """
     progress = Progress(flow_name)
-    events = EVENTS.labels(flow=flow_name, step=step_id)
+    metrics = step_metrics(flow_name, "decode")
 
     def _decode(raw: RawBatch) -> list[SeriesBatch | DeadLetter]:
+        started = time.perf_counter()
         out = decode_batch(raw, fmt)
-        events.inc(len(raw))
+        metrics.observe(len(raw), len(raw) - len(out.errs), time.perf_counter() - started)
         progress.add(len(raw), len(out.errs))
         for err in out.errs:
             count_dead_letter(flow_name, err.step, err.reason)
