@@ -20,6 +20,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from operators.detectors.base import Detector
 from operators.detectors.scale import (
+    LEVEL_EPS,
+    MAX_SCORE,
+    TINY_SCALE,
     LongRunScale,
     diff_sigma,
     diff_sigmas,
@@ -29,6 +32,8 @@ from operators.detectors.scale import (
 from operators.events import BoolArray, FloatArray, IntArray
 
 MAD_TO_SIGMA = 1.4826
+#: Batches this small are scored by the per-event form, which gives the same numbers.
+SMALL_BATCH = 2
 
 
 def row_medians(rows: FloatArray) -> FloatArray:
@@ -148,10 +153,15 @@ class RobustZ(Detector):
         return (self.count // self.refresh_every + 1) * self.refresh_every
 
     def score_one(self, x: float) -> float:
-        """Robust z-score of ``x`` against the window's latest median and MAD."""
-        if math.isnan(self.median):
+        """Robust z-score of ``x`` against the window's latest median and MAD.
+
+        Plain float arithmetic, step for step that of the batch form's arrays.
+        """
+        med = self.median
+        if math.isnan(med):
             return 0.0
-        return float(self._z(np.array([x]), self.median, self.mad, self.long_run.value)[0])
+        floor = max(self.floor_ratio * self.long_run.value, LEVEL_EPS * abs(med), TINY_SCALE)
+        return min(abs(x - med) / max(MAD_TO_SIGMA * self.mad, floor), MAX_SCORE)
 
     def learn_one(self, x: float) -> None:
         """Append ``x`` to the window, dropping the oldest value when full."""
@@ -170,8 +180,8 @@ class RobustZ(Detector):
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
         """Vectorised score-then-learn: the median and MAD only at refreshes."""
         n = len(xs)
-        if n == 0:
-            return np.empty(0, dtype=np.float64)
+        if n <= SMALL_BATCH:  # a series with a reading or two per batch: arrays cost more
+            return super().score_learn_many(xs)
         hist_len = len(self.history)
         joined = np.concatenate((self.history, xs))
         # Element j is learned as the (count + j + 1)-th value; a refresh after it
@@ -274,8 +284,8 @@ class Flatline(Detector):
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
         """Vectorised score-then-learn."""
         n = len(xs)
-        if n == 0:
-            return np.empty(0, dtype=np.float64)
+        if n <= SMALL_BATCH:  # plain Python is some 100 times cheaper on a reading or two
+            return super().score_learn_many(xs)
         prev = np.concatenate(([np.nan if self.last is None else self.last], xs[:-1]))
         has_prev = np.ones(n, dtype=bool)
         if self.last is None:
@@ -329,18 +339,22 @@ class Gap(Detector):
         self.history = np.empty(0, dtype=np.float64)
         self.slots = 0
         self.missing = 0
+        self.typical = math.nan  # median of the history once it holds min_history values
 
-    def _missing(self, x: float, hist: FloatArray) -> int:
+    def _typical_of(self, hist: FloatArray) -> float:
         if len(hist) < self.min_history:
-            return 0
-        typical = float(np.median(hist))
-        if typical <= 0:
+            return math.nan
+        return float(row_medians(hist[None, :])[0])
+
+    @staticmethod
+    def _missing(x: float, typical: float) -> int:
+        if not typical > 0:  # nan (too little history) or a non-positive interval
             return 0
         return max(round(x / typical) - 1, 0)
 
     def score_one(self, x: float) -> float:
         """Surprise of the readings missing before this one."""
-        m = self._missing(x, self.history)
+        m = self._missing(x, self.typical)
         if m == 0:
             return 0.0
         pi = (self.missing + 1) / (self.slots + 2)
@@ -348,19 +362,22 @@ class Gap(Detector):
 
     def learn_one(self, x: float) -> None:
         """Count expected and missing readings, and remember the interval."""
-        m = self._missing(x, self.history)
+        m = self._missing(x, self.typical)
         self.slots += m + 1
         self.missing += m
         self.history = np.append(self.history, x)[-self.window :]
+        self.typical = self._typical_of(self.history)
 
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
         """Vectorised score-then-learn over full windows."""
         n = len(xs)
+        if n <= SMALL_BATCH:  # the per-event form, with its median kept, is cheaper
+            return super().score_learn_many(xs)
         missing = np.zeros(n, dtype=np.int64)
         i = 0
         hist = self.history
         while i < n and len(hist) < self.window:
-            missing[i] = self._missing(float(xs[i]), hist)
+            missing[i] = self._missing(float(xs[i]), self._typical_of(hist))
             hist = np.append(hist, xs[i])
             i += 1
         if i < n:
@@ -375,6 +392,7 @@ class Gap(Detector):
         pi = (missing_before + 1) / (slots_before + 2)
         out = np.where(missing > 0, -missing * np.log10(pi), 0.0)
         self.history = hist.copy()
+        self.typical = self._typical_of(self.history)
         self.missing += int(missing.sum())
         self.slots += int((missing + 1).sum())
         return np.asarray(out, dtype=np.float64)

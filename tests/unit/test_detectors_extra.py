@@ -212,3 +212,16 @@ def test_seasonal_ordinary_days_score_like_noise() -> None:
 def test_seasonal_rejects_bins_that_do_not_fit_the_period() -> None:
     with pytest.raises(ValueError, match="seasonal: expected"):
         Seasonal(periods=(10,), bins=(20,))
+
+
+@pytest.mark.parametrize("name", ["robust-z", "flatline", "gap"])
+def test_batches_of_one_and_two_give_the_numbers_of_one_batch(name: str) -> None:
+    rng = np.random.default_rng(5)
+    xs = np.round(rng.normal(10.0, 2.0, 400), 1)
+    xs[150:170] = 11.0
+    xs[300] = 80.0
+    whole = make_detector(name).score_learn_many(xs)
+    small = make_detector(name)
+    cuts = np.cumsum(np.tile([1, 2], 140))
+    parts = [small.score_learn_many(p) for p in np.split(xs, cuts[cuts < 400])]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
