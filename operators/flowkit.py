@@ -289,7 +289,8 @@ def wire(
         dead: Stream[DeadLetter] = op.merge("dead_letters", decoded.errs, normalized.errs)
     else:
         sharded = decode_to_shards("decode", raw, name, fmt, shards)
-        out = score_shards("score", sharded.oks, Scorer(make_normalizer, detect, policy, name))
+        scorer = Scorer(make_normalizer, detect, policy, name, shards)
+        out = score_shards("score", sharded.oks, scorer)
         scored = out.scored
         dead = op.merge("dead_letters", sharded.errs, out.errs)
 

@@ -132,6 +132,7 @@ class Scorer:
     detect: DetectConfig
     policy: AlertPolicy
     flow_name: str
+    shards: int = DEFAULT_SHARDS
 
     def new_state(self) -> SeriesState:
         """Fresh state for a series seen for the first time."""
@@ -177,7 +178,9 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.states, protocol=pickle.HIGHEST_PROTOCOL)
+        # The shard count rides along: resumed with another, series would land on
+        # keys that do not hold their state and start afresh.
+        return pickle.dumps((self.scorer.shards, self.states), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,16 @@ def score_shards(step_id: str, up: KeyedStream[ShardItem], scorer: Scorer) -> Sc
     make_detector(scorer.detect.detector, dict(scorer.detect.options))  # fail at build time
 
     def builder(resume: bytes | None) -> _ScoreLogic:
-        return _ScoreLogic(scorer, {} if resume is None else pickle.loads(resume))
+        if resume is None:
+            return _ScoreLogic(scorer, {})
+        shards, states = pickle.loads(resume)
+        if shards != scorer.shards:
+            msg = (
+                f"{step_id}: the recovery store was written with VIGIL_SHARDS={shards}, this "
+                f"flow runs with {scorer.shards}; resume with {shards} or start a new store"
+            )
+            raise ValueError(msg)
+        return _ScoreLogic(scorer, states)
 
     items = op.key_rm("unkey", op.stateful_batch("score", up, builder))
     split = op.branch("split", items, lambda x: isinstance(x, ScoredBatch))

@@ -178,6 +178,16 @@ def test_the_number_of_shards_changes_no_alert() -> None:
     assert by_shards[0] == by_shards[1] == by_shards[2]
 
 
+def test_resuming_with_another_shard_count_is_refused(tmp_path: Path) -> None:
+    batches = sim_batches(SIM)
+    init_db_dir(tmp_path, 1)
+    rc = RecoveryConfig(str(tmp_path))
+    source = TestingSource([*batches[:3], TestingSource.ABORT(), *batches[3:]])
+    run(Config(shards=64), source, epoch_interval=timedelta(0), recovery_config=rc)
+    with pytest.raises(Exception, match="VIGIL_SHARDS=64, this flow runs with 7"):
+        run(Config(shards=7), source, epoch_interval=timedelta(0), recovery_config=rc)
+
+
 def test_alerts_cover_the_labelled_anomalies() -> None:
     alerts, _ = run(Config(), TestingSource(sim_batches(replace(SIM, count=20_000))))
     labelled = [a for a in alerts if a["label"] is not None]
