@@ -10,6 +10,12 @@ recording ``vigil-out/frames.rrd``; the memory bank is the Milvus Lite file
 ``frames`` topic and writes ``frame-alerts``, ``frame-results`` and
 ``frames-dlq``; ``VIGIL_MILVUS_URI=http://host:19530`` uses a Milvus server.
 
+While a Milvus server does not answer, every request waits up to
+``VIGIL_MILVUS_TIMEOUT_S`` and is tried again with back-off (rate-limited
+WARNING lines with the attempt count); after ``VIGIL_MILVUS_GIVE_UP_S`` of
+failures the flow stops with an error, so that recovery replays the frames not
+yet written rather than losing them (:mod:`operators.framepipe`).
+
 A target the bank does not know yet warms up on its first
 ``VIGIL_FRAMES_REFERENCES`` usable frames (see :mod:`operators.framesteps`);
 one indexed with ``vigil-frames index`` is scored from its first frame.
@@ -18,6 +24,7 @@ Every setting is a ``VIGIL_*`` environment variable (see :class:`Config`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +41,13 @@ from operators.embedding import PatchEmbedder
 from operators.events import DeadLetter, RawBatch
 from operators.flowkit import KafkaConfig, Message, check_settings, kafka_source
 from operators.frameimage import FrameLimits
-from operators.framepipe import POOL, FramePipeline, PipelineConfig
+from operators.framepipe import (
+    MILVUS_GIVE_UP_S,
+    MILVUS_RETRY,
+    POOL,
+    FramePipeline,
+    PipelineConfig,
+)
 from operators.framequality import QualityRules
 from operators.frames import ScoredFrame
 from operators.framescore import FALSE_ALARM_RATE
@@ -45,8 +58,9 @@ from operators.framesteps import (
     result_message,
     score_frames,
 )
-from operators.membank import BankConfig, MemoryBank
+from operators.membank import BankConfig, MemoryBank, unavailable
 from operators.records import dead_letter_message
+from operators.retry import Retrying, RetryPolicy
 from operators.sinks.files import JsonlSink
 from operators.sinks.kafka import KafkaBytesSink
 from operators.sinks.rerun import RerunConfig, ViewLabels
@@ -80,6 +94,10 @@ class Config:
         batch_size: Frames per source micro-batch.
         milvus_uri: The memory bank: a Milvus Lite file or a server URI.
         milvus_token: Token of a Milvus server.
+        milvus_timeout_s: Seconds one Milvus request may take (``VIGIL_MILVUS_TIMEOUT_S``).
+        milvus_give_up_s: Seconds of Milvus failing to answer after which the flow
+            stops (``VIGIL_MILVUS_GIVE_UP_S``; 0: at the first failure). Until then,
+            a frame's bank requests are tried again with exponential back-off.
         model: Patch-feature model: ``lite0``, ``random`` or an ONNX file.
         threads: onnxruntime threads per process.
         references: Usable frames an unknown target warms up on.
@@ -103,6 +121,8 @@ class Config:
     batch_size: int = 4
     milvus_uri: str = "vigil-out/vigil-frames.db"
     milvus_token: str = ""
+    milvus_timeout_s: float = 60.0
+    milvus_give_up_s: float = MILVUS_GIVE_UP_S
     model: str = "lite0"
     threads: int = 1
     references: int = 20
@@ -158,6 +178,13 @@ class Config:
         except ValueError as exc:
             raise ConfigError(f"VIGIL_FRAMES_MIN_*/MAX_*/FOCUS_TOLERANCE: {exc}") from None
         conditions = env.text("FRAMES_CONDITIONS", "") or None
+        milvus_timeout_s = env.number("MILVUS_TIMEOUT_S", d.milvus_timeout_s)
+        milvus_give_up_s = env.number("MILVUS_GIVE_UP_S", d.milvus_give_up_s)
+        if milvus_timeout_s <= 0 or milvus_give_up_s < 0:
+            raise ConfigError(
+                "VIGIL_MILVUS_TIMEOUT_S/GIVE_UP_S: expected a timeout > 0 and a give-up time "
+                f">= 0, got {milvus_timeout_s} and {milvus_give_up_s}"
+            )
         cfg = cls(
             kafka=kafka,
             results_topic=env.text("KAFKA_RESULTS_TOPIC", d.results_topic),
@@ -167,6 +194,8 @@ class Config:
             batch_size=env.integer("BATCH_SIZE", d.batch_size, min_value=1),
             milvus_uri=env.text("MILVUS_URI", str(out_dir / "vigil-frames.db")),
             milvus_token=env.text("MILVUS_TOKEN", d.milvus_token),
+            milvus_timeout_s=milvus_timeout_s,
+            milvus_give_up_s=milvus_give_up_s,
             model=env.text("FRAMES_MODEL", d.model),
             threads=env.integer("FRAMES_THREADS", d.threads, min_value=1),
             references=env.integer("FRAMES_REFERENCES", d.references, min_value=5),
@@ -183,14 +212,35 @@ class Config:
         check_settings(env, FLOW_NAME, 0.0, 1.0, cfg.sim_fps)
         return cfg
 
+    @property
+    def milvus_retry(self) -> RetryPolicy:
+        """Back-off and give-up time of the bank's requests while Milvus does not answer."""
+        return dataclasses.replace(MILVUS_RETRY, give_up_s=self.milvus_give_up_s)
+
     def open_pipeline(self) -> FramePipeline:
-        """Load the model and connect to the bank (when the flow starts, once per process)."""
+        """Load the model and connect to the bank (when the flow starts, once per process).
+
+        A Milvus server that does not answer yet is waited for like one that
+        stops answering later; a Lite file that cannot be opened fails at once.
+        """
         embedder = PatchEmbedder(self.model, threads=self.threads)
-        if self.milvus_uri.endswith(".db"):
+        bank_cfg = BankConfig(
+            uri=self.milvus_uri,
+            token=self.milvus_token,
+            dim=embedder.dim + 2,
+            timeout_s=self.milvus_timeout_s,
+        )
+        if bank_cfg.is_lite:
             Path(self.milvus_uri).parent.mkdir(parents=True, exist_ok=True)
-        bank = MemoryBank(
-            BankConfig(uri=self.milvus_uri, token=self.milvus_token, dim=embedder.dim + 2)
-        ).open()
+            bank = MemoryBank(bank_cfg).open()
+        else:
+            connecting = Retrying(
+                "milvus",
+                self.milvus_retry,
+                transient=unavailable,
+                where=f"memory bank {bank_cfg.uri}",
+            )
+            bank = connecting.call("connect", MemoryBank(bank_cfg).open)
         logger.info(
             "frames: model %s (%d features), bank %s", self.model, embedder.dim, bank.cfg.uri
         )
@@ -203,6 +253,7 @@ class Config:
                 conditions=self.conditions,
                 pool=self.pool,
             ),
+            retry=self.milvus_retry,
         )
 
 

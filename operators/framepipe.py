@@ -20,6 +20,17 @@ and for the ``vigil-frames`` command alike:
   normal joins the bank, so the same thing no longer alerts.
 
 The pipeline holds clients (onnxruntime, Milvus), never Bytewax state.
+
+When Milvus does not answer (a server stopped or restarting:
+:func:`operators.membank.unavailable`), each bank operation (loading a
+calibration, a frame's search, a target's indexing as a whole, an accept) is
+tried again with exponential back-off (:data:`MILVUS_RETRY`,
+:mod:`operators.retry`), the bank recovering before each attempt (collections
+reloaded after a restart), and logged as rate-limited WARNING lines with the
+attempt count. The frame waits; no frame is dropped. Once Milvus has failed for
+the policy's ``give_up_s`` the operation raises
+:class:`~operators.retry.GaveUpError`, which stops the flow: Bytewax recovery
+then replays the frames not yet written.
 """
 
 from __future__ import annotations
@@ -45,7 +56,8 @@ from operators.framescore import (
     score_patches,
     with_position,
 )
-from operators.membank import MemoryBank, PatchMeta
+from operators.membank import MemoryBank, PatchMeta, unavailable
+from operators.retry import Retrying, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +69,18 @@ MAX_PATCHES = 200_000
 POOL = 2
 #: Reference frames a target needs before it can be calibrated.
 MIN_REFERENCES = 5
+#: Seconds of Milvus failing to answer after which a bank operation gives up.
+MILVUS_GIVE_UP_S = 300.0
+#: Waits between attempts at a bank operation while Milvus does not answer: 0.5 s
+#: doubling to 30 s, less up to a fifth (seeded), giving up after 5 minutes.
+MILVUS_RETRY = RetryPolicy(
+    first_s=0.5,
+    factor=2.0,
+    max_s=30.0,
+    give_up_s=MILVUS_GIVE_UP_S,
+    jitter=0.2,
+    setting="VIGIL_MILVUS_GIVE_UP_S",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,21 +150,42 @@ class FramePipeline:
         embedder: Patch features.
         bank: The memory bank (opened by the caller).
         cfg: How frames are judged.
+        retry: Waits and give-up time while Milvus does not answer.
 
     """
 
-    def __init__(self, embedder: PatchEmbedder, bank: MemoryBank, cfg: PipelineConfig) -> None:
+    def __init__(
+        self,
+        embedder: PatchEmbedder,
+        bank: MemoryBank,
+        cfg: PipelineConfig,
+        *,
+        retry: RetryPolicy = MILVUS_RETRY,
+    ) -> None:
         self.embedder = embedder
         self.bank = bank
         self.store = ModelStore(bank.client)
         self.cfg = cfg
         self._models: dict[str, TargetModel] = {}
+        self.retrying = Retrying(
+            "milvus",
+            retry,
+            transient=unavailable,
+            recover=self._recover,
+            where=f"memory bank {bank.cfg.uri}",
+            log=logger,
+        )
+
+    def _recover(self) -> None:
+        """Before another attempt: the bank reloads; the store loads its collection anew."""
+        self.bank.recover()
+        self.store = ModelStore(self.bank.client)
 
     def model(self, target: str) -> TargetModel | None:
         """The target's calibration, from the cache or the bank; ``None`` before indexing."""
         cached = self._models.get(target)
         if cached is None:
-            cached = self.store.load(target)
+            cached = self.retrying.call("load calibration", lambda: self.store.load(target))
             if cached is not None:
                 self._models[target] = cached
         return cached
@@ -186,17 +231,8 @@ class FramePipeline:
         position = position_weight(stack, self.cfg.position_factor)
         vectors = [with_position(p.features, grid, position) for p in feats]
         keep = self._coreset(vectors)
-        self.bank.drop_target(target)
-        self.store.delete(target)
-        for frame, p, v, k in zip(frames, feats, vectors, keep, strict=True):
-            gx, gy = _cells(p, k)
-            meta = PatchMeta.from_header(frame.header)
-            self.bank.add(target, frame.frame_id, v[k], gx.tolist(), gy.tolist(), meta)
-        loo = np.stack(
-            [
-                self._search(target, v, exclude=f.frame_id)
-                for f, v in zip(frames, vectors, strict=True)
-            ]
+        loo = self.retrying.call(
+            "index", lambda: self._store_references(target, frames, feats, vectors, keep)
         )
         cal = calibrate(
             target,
@@ -207,7 +243,7 @@ class FramePipeline:
             false_alarm_rate=self.cfg.false_alarm_rate,
         )
         model = TargetModel(calibration=cal, reference=ReferenceStats.of(list(frames)))
-        self.store.save(model)
+        self.retrying.call("save calibration", lambda: self.store.save(model))
         self._models[target] = model
         logger.info(
             "indexed %d reference frames of %r: %d patches, threshold %.2f (leave-one-out)",
@@ -217,6 +253,31 @@ class FramePipeline:
             cal.threshold,
         )
         return model
+
+    def _store_references(
+        self,
+        target: str,
+        frames: Sequence[Frame],
+        feats: list[PatchFeatures],
+        vectors: list[F32],
+        keep: list[IntArray],
+    ) -> F32:
+        """Replace the target's references; their leave-one-out distances ``(frames, patches)``.
+
+        Done as a whole, so that it can be done again after Milvus failed half-way.
+        """
+        self.bank.drop_target(target)
+        self.store.delete(target)
+        for frame, p, v, k in zip(frames, feats, vectors, keep, strict=True):
+            gx, gy = _cells(p, k)
+            meta = PatchMeta.from_header(frame.header)
+            self.bank.add(target, frame.frame_id, v[k], gx.tolist(), gy.tolist(), meta)
+        return np.stack(
+            [
+                self._search(target, v, exclude=f.frame_id)
+                for f, v in zip(frames, vectors, strict=True)
+            ]
+        )
 
     def _embed(self, frame: Frame) -> PatchFeatures:
         return pool_patches(self.embedder.embed(frame.pixels), self.cfg.pool)
@@ -252,7 +313,8 @@ class FramePipeline:
                 frame,
                 f"size: patch grid {feats.grid} differs from the references' {cal.grid}",
             )
-        d = self._search(frame.target, with_position(feats.features, cal.grid, cal.position))
+        vectors = with_position(feats.features, cal.grid, cal.position)
+        d = self.retrying.call("search", lambda: self._search(frame.target, vectors))
         result = score_patches(d, cal, shape=frame.shape)
         return ScoredFrame(
             frame=frame,
@@ -282,7 +344,12 @@ class FramePipeline:
         vectors = with_position(feats.features, cal.grid, cal.position)
         gx, gy = _cells(feats)
         meta = PatchMeta.from_header(frame.header)
-        return self.bank.add(frame.target, frame.frame_id, vectors, gx.tolist(), gy.tolist(), meta)
+        return self.retrying.call(
+            "accept",
+            lambda: self.bank.add(
+                frame.target, frame.frame_id, vectors, gx.tolist(), gy.tolist(), meta
+            ),
+        )
 
 
 def _skipped(frame: Frame, reason: str) -> ScoredFrame:

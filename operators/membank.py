@@ -14,54 +14,20 @@ pymilvus starts its gRPC server in a thread and faiss does the vector work, so
 file serves one process; for several, run ``milvus-lite server --data-dir
 FILE.db`` and give its ``http://host:19530`` URI, as for a Milvus server.
 
-What Milvus Lite 3.2 does, and what this module does about it:
+What Milvus Lite 3.2 does differently and what the bank does about it (flush
+and wait for index builds before a search that follows writes, build
+parameters sent nested, every search restricted to one partition, distances
+returned as square roots), and the search and indexing speed through Lite:
+:mod:`operators.banklite`. The collection's schema and index, and which
+failures mean that Milvus is unavailable: :mod:`operators.bankmilvus`.
 
-* Rows not yet in an indexed segment (the write buffer, or a segment whose
-  index a background thread is still building) are searched by brute force
-  through a ``(queries, rows, dim)`` array: 1,300 queries x 100k rows x 64
-  floats is 33 GB. So writes only mark the bank dirty, and the next search
-  flushes and waits for the index builds first. ``FLAT`` is that brute force
-  too, so it is refused for Lite files.
-* pymilvus 3 sends index build parameters as flat pairs, which Lite ignores
-  (IVF got ``nlist`` 128 whatever was asked): they are sent nested.
-* Each search walks every row of the searched partitions in Python (about
-  1 us a row) and builds Python objects for every hit (about 0.1 ms a query),
-  whatever the index: ``partition_names`` bounds the first (a partition key
-  would not); nothing bounds the second.
-* Distances come back squared (returned here as their square root); a count
-  without a filter ignores partitions (partition statistics are used);
-  ``output_fields=[]`` returns every field, vectors included (searches ask for
-  the id); collections reopen released after a restart (``open`` loads them).
-* A delete by filter scans every row, so :meth:`MemoryBank.add` only deletes
-  frames it knows it stored before.
-
-Speed (``benchmarks/membank_speed.py``, measured on a shared 2-core machine
-under a load average of 2-4, one faiss thread, clustered synthetic features):
-median seconds of one search of a frame's 1,300 or 5,000 patches against one
-target's partition, through Milvus Lite (``+filter``: ``weather >= 30``) and
-with the same index in faiss alone; recall@1 against exact numpy search.
-
-    rows dim  index, search params   Lite 1,300 +filter 5,000  faiss 1,300 5,000 recall@1
-    100k  64  HNSW ef=32 (default)         0.19    0.27  0.67        0.050  0.22    1.000
-    100k  64  HNSW ef=16                   0.17    0.29  0.56        0.036  0.15    1.000
-    100k  64  IVF_FLAT nprobe=8            0.21    0.27  0.62        0.028  0.11    0.996
-    100k  64  IVF_FLAT nprobe=4            0.14    0.20  0.51        0.018  0.05    0.982
-    100k  64  IVF_SQ8 nprobe=8             0.22    0.38  0.80        0.034  0.13    0.978
-    100k 128  HNSW ef=32 (default)         0.25    0.23  0.80        0.062  0.23    1.000
-    100k 128  IVF_FLAT nprobe=8            0.19    0.26  0.52        0.037  0.15    0.994
-    200k  64  HNSW ef=32 (default)         0.27    0.26  0.62        0.087  0.33    1.000
-    200k  64  IVF_FLAT nprobe=8            0.23    0.33  0.76        0.042  0.15    0.998
-    200k 128  HNSW ef=32 (default)         0.30    0.32  0.88        0.076  0.30    1.000
-    200k 128  IVF_FLAT nprobe=8            0.35    0.54  0.74        0.066  0.28    0.998
-
-Through Lite the index hardly matters: its per-row and per-hit Python work
-dominates, and one frame's search takes 0.14-0.35 s at 1,300 patches (3 to 7
-frames/s from the search alone), 0.5-1.1 s at 5,000. The default, HNSW with
-``M=16, efConstruction=200, ef=32``, found the exact nearest neighbour of every
-sampled patch at every size, where IVF's misses overstated a distance by up to
-27%; and it needs no k-means training on each segment Lite indexes. Adding
-100k rows takes 7-14 s (1,300 a call); flushing and indexing them 30-45 s for
-HNSW, 8-14 s for IVF (200k rows: 50-67 s and 13-25 s).
+When Milvus does not answer (a server stopped, restarting or unreachable), a
+request fails after ``timeout_s`` or at once with :class:`BankUnavailableError`
+(:func:`unavailable` tells such failures from the others), and
+:meth:`MemoryBank.recover` makes the bank usable again once the server is back
+(a restarted server reopens collections released). The retrying itself is the
+caller's (:class:`operators.framepipe.FramePipeline`, with
+:mod:`operators.retry`).
 
 Example:
     >>> import tempfile, numpy as np
@@ -83,20 +49,25 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 
+from operators import banklite
+from operators.bankmilvus import (
+    BankUnavailableError,
+    check_schema,
+    new_collection,
+    unavailable,
+)
 from operators.banktypes import (
     CONDITION_FIELDS,
     DEFAULT_INDEX_PARAMS,
     DEFAULT_SEARCH_PARAMS,
     INSERT_BATCH,
-    MAX_NAME_BYTES,
     MAX_NQ,
     METRIC,
     BankConfig,
@@ -123,6 +94,7 @@ __all__ = [
     "BankConnectionError",
     "BankError",
     "BankSchemaError",
+    "BankUnavailableError",
     "MemoryBank",
     "Neighbours",
     "PatchMeta",
@@ -131,6 +103,7 @@ __all__ = [
     "patch_ids",
     "quote",
     "search_filter",
+    "unavailable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -167,7 +140,7 @@ class MemoryBank:
         cfg, uri = self.cfg, self.cfg.uri
         if cfg.is_lite:
             uri = self._lite_path = os.path.abspath(uri)
-            _lite_acquire(uri)
+            banklite.acquire(uri)
         try:
             self._client = MilvusClient(uri=uri, token=cfg.token, timeout=cfg.timeout_s)
         except MilvusException as err:
@@ -195,9 +168,24 @@ class MemoryBank:
         if client is not None:
             client.close()
         if self._lite_path is not None:
-            _lite_release(self._lite_path)
+            banklite.release(self._lite_path)
             self._lite_path = None
         self._partitions.clear()
+        self._frames.clear()
+
+    def recover(self) -> None:
+        """After Milvus failed to answer: reload the collection and forget what was cached.
+
+        A restarted server holds the collection released; a request that timed
+        out may have been carried out after all (a partition created or
+        dropped), so the partitions and stored frames are read again.
+
+        Raises:
+            BankUnavailableError: Milvus still does not answer.
+
+        """
+        self._call("load_collection")
+        self._refresh_partitions()
         self._frames.clear()
 
     @property
@@ -407,7 +395,14 @@ class MemoryBank:
         return dict(self._call("describe_index", "vector"))
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``client.<method>(collection, ...)``; a Milvus failure names the call and the bank."""
+        """``client.<method>(collection, ...)``; a Milvus failure names the call and the bank.
+
+        Raises:
+            BankUnavailableError: Milvus did not answer within ``timeout_s`` or is gone.
+            BankError: Milvus refused the request.
+
+        """
+        import grpc  # type: ignore[import-untyped]
         from pymilvus import MilvusException
 
         if self._client is None:
@@ -415,10 +410,12 @@ class MemoryBank:
         try:
             fn = getattr(self._client, method)
             return fn(self.cfg.collection, *args, timeout=self.cfg.timeout_s, **kwargs)
-        except MilvusException as err:
-            raise BankError(
+        except (MilvusException, grpc.RpcError) as err:
+            error = BankUnavailableError if unavailable(err) else BankError
+            detail = " ".join(str(err).split())  # a gRPC error spans several lines
+            raise error(
                 f"memory bank: {method} on collection {self.cfg.collection!r} at "
-                f"{self.cfg.uri!r} failed: {err}"
+                f"{self.cfg.uri!r} failed: {detail}"
             ) from err
 
     def _check_vectors(self, vectors: npt.ArrayLike, step: str, name: str) -> FloatArray:
@@ -432,25 +429,9 @@ class MemoryBank:
     def _prepare_collection(self) -> None:
         cfg = self.cfg
         if self._call("has_collection"):
-            self._check_schema(self._call("describe_collection"))
+            check_schema(self._call("describe_collection"), cfg)
         else:
-            from pymilvus import DataType, MilvusClient
-
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("id", DataType.INT64, is_primary=True)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=cfg.dim)
-            for name in ("target", "frame_id"):
-                schema.add_field(name, DataType.VARCHAR, max_length=MAX_NAME_BYTES)
-            for name, dtype in (("gx", DataType.INT32), ("gy", DataType.INT32),
-                                ("weather", DataType.FLOAT), ("altitude", DataType.FLOAT),
-                                ("focus", DataType.FLOAT), ("ut_ms", DataType.INT64)):  # fmt: skip
-                schema.add_field(name, dtype)
-            # pymilvus 3 sends build parameters as flat key-value pairs; Milvus Lite 3.2 reads
-            # only a JSON "params" pair and silently uses its defaults (nlist 128), so nest them.
-            build = cfg.build_params
-            params = {"params": build} if self._lite else build
-            index = self._client.prepare_index_params()
-            index.add_index("vector", index_type=cfg.index_type, metric_type=METRIC, params=params)
+            schema, index = new_collection(self._client, cfg, lite=self._lite)
             self._call("create_collection", schema=schema, consistency_level="Strong")
             # sync=False: waiting would poll AllocTimestamp, which Milvus Lite lacks.
             self._call("create_index", index, sync=False)
@@ -463,19 +444,6 @@ class MemoryBank:
                 cfg.collection, cfg.uri, info.get("index_type"), info.get("params"),
                 cfg.index_type, cfg.build_params,
             )  # fmt: skip
-
-    def _check_schema(self, desc: Mapping[str, Any]) -> None:
-        fields = {str(f["name"]): f for f in desc.get("fields", [])}
-        where = f"collection {self.cfg.collection!r} at {self.cfg.uri!r}"
-        missing = sorted({"id", "vector", "target", *CONDITION_FIELDS} - set(fields))
-        if missing:
-            raise BankSchemaError(f"memory bank: {where} lacks the fields {missing}")
-        dim = int(fields["vector"].get("params", {}).get("dim", -1))
-        if dim != self.cfg.dim:
-            raise BankSchemaError(
-                f"memory bank: {where} holds vectors of dim {dim} but the config says "
-                f"{self.cfg.dim}; use another collection or uri for features of this size"
-            )
 
     def _refresh_partitions(self) -> set[str]:
         self._partitions = {str(p) for p in self._call("list_partitions")}
@@ -518,64 +486,19 @@ class MemoryBank:
     def _written(self) -> None:
         self._dirty = True
         if self._lite_path is not None:  # other banks of this process must settle too
-            _lite_dirty.add(self._lite_path)
+            banklite.mark_written(self._lite_path)
 
     def _settle(self) -> None:
         """Before a search that follows writes to Milvus Lite: flush, then index everything."""
         path = self._lite_path
-        if (self._dirty or path in _lite_dirty) and self._lite:
+        if (self._dirty or (path is not None and banklite.written(path))) and self._lite:
             self._call("flush")
-            if path is None or not _lite_wait_for_indexes(path, self.cfg):
+            if path is None or not banklite.wait_for_indexes(path, self.cfg):
                 # Loading builds the missing segment indexes before it returns. Of a remote
                 # Lite server, a compaction started later leaves its merged segment
                 # unindexed for a while: build the bank before scoring against it.
                 self._call("release_collection")
                 self._call("load_collection")
-            _lite_dirty.discard(path or "")
+            if path is not None:
+                banklite.settled(path)
         self._dirty = False
-
-
-_lite_lock = threading.Lock()
-_lite_users: dict[str, int] = {}
-_lite_dirty: set[str] = set()  # written since the last flush-and-index
-
-
-def _lite_acquire(path: str) -> None:
-    with _lite_lock:
-        _lite_users[path] = _lite_users.get(path, 0) + 1
-
-
-def _lite_release(path: str) -> None:
-    with _lite_lock:
-        _lite_users[path] -= 1
-        if _lite_users[path] > 0:
-            return
-        del _lite_users[path]
-    from milvus_lite import server_manager_instance  # type: ignore[import-untyped]
-
-    server_manager_instance.release_server(path)  # flushes, closes the file, frees its lock
-
-
-def _lite_wait_for_indexes(path: str, cfg: BankConfig) -> bool:
-    """Wait for the in-process Lite server's background index builds; False if unreachable.
-
-    Milvus Lite 3.2 has no request for this, so its server manager's private
-    state is used (pinned by ``milvus-lite~=3.2``). Building an index can take
-    minutes: the wait is logged every ``timeout_s``, never abandoned half-way.
-    """
-    from milvus_lite import server_manager_instance
-
-    try:
-        collection = server_manager_instance._servers[path][1].get_collection(cfg.collection)
-        drain = collection._wait_for_bg
-    except (AttributeError, KeyError, IndexError, TypeError):
-        logger.warning("memory bank: Milvus Lite internals changed; reloading %s instead", path)
-        return False
-    waited = 0.0
-    while True:
-        try:
-            drain(timeout=cfg.timeout_s)
-            return True
-        except TimeoutError:
-            waited += cfg.timeout_s
-            logger.warning("memory bank: Milvus Lite still indexing %s after %.0f s", path, waited)

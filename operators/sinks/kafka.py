@@ -3,8 +3,20 @@
 Each worker opens one producer when the flow starts. ``write_batch`` hands every
 message of the batch to librdkafka and returns only once all of them are
 acknowledged by the broker, so what Bytewax counts as written is stored: after a
-resume, messages may repeat (at least once) but none are lost. A message that
-cannot be delivered fails the flow with the topic and the broker's reason.
+resume, messages may repeat (at least once) but none are lost.
+
+When the broker is unreachable (stopped, partitioned, restarting), librdkafka
+keeps each message for ``message.timeout.ms`` (default 300 s) and then reports
+it undelivered. Such a message may still have been stored (the broker may have
+read the request and not answered), but it may as well not: the sink produces
+it again, after a short back-off, as often as needed, and ``write_batch`` waits
+(at least once: a message may arrive twice, which the records' stable ids make
+harmless; after an outage, a message produced again may follow messages of its
+batch that were produced after it). The outage is logged as a WARNING when it
+begins, then at most every 10 s, and when the broker answers again. Any other
+delivery failure (a message too large, a topic that does not exist, a refused
+authorisation) or a fatal producer error fails the flow at once with the topic
+and the broker's reason, logged at ERROR before it is raised.
 
 Example:
     >>> sink = KafkaBytesSink(["localhost:9092"], "alerts")
@@ -16,10 +28,13 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from operators.retry import RETRIES, OutageLog, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +58,34 @@ _REQUIRED_CONFIG: dict[str, Any] = {"delivery.report.only.error": True}
 FLUSH_WAIT_S = 10.0
 #: Seconds ``close`` waits for the last messages.
 CLOSE_TIMEOUT_S = 30.0
+#: Waits before producing undelivered messages again: never giving up, since
+#: librdkafka's message.timeout.ms already spaces the rounds during an outage.
+REDELIVERY = RetryPolicy(first_s=0.5, factor=2.0, max_s=5.0, give_up_s=None, jitter=0.0)
 #: Seconds to serve delivery reports when librdkafka's queue is full.
 _FULL_QUEUE_POLL_S = 0.05
 #: Failures quoted in an error message.
 _QUOTED = 3
+
+#: Client errors that mean the broker does not answer (librdkafka reconnects by itself).
+_UNREACHABLE = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TIMED_OUT_QUEUE,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+#: Delivery failures after which a message is produced again: the broker did not
+#: answer in time, or its partition had no leader or too few replicas until then.
+_REDELIVER = _UNREACHABLE | {
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+}
 
 
 class KafkaSinkError(RuntimeError):
@@ -58,12 +97,20 @@ class _Reports:
 
     def __init__(self, where: str) -> None:
         self.where = where
+        self.outage = OutageLog(logger, where, "broker")
+        #: Messages to produce again: undelivered because the broker did not answer.
+        self.again: list[KafkaMessage] = []
+        self.again_reason = ""
         self.failed = 0
         self.reasons: list[str] = []
         self.fatal: KafkaError | None = None
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
+            return
+        if err.code() in _REDELIVER and not err.fatal():
+            self.again.append((msg.key(), msg.value() or b""))
+            self.again_reason = err.str()
             return
         self.failed += 1
         if len(self.reasons) < _QUOTED:
@@ -73,16 +120,28 @@ class _Reports:
         if err.fatal():
             self.fatal = err
             logger.error("%s: fatal Kafka error: %s", self.where, err)
+        elif err.code() in _UNREACHABLE:
+            self.outage.failed(err.str(), "librdkafka reconnects, the flow waits")
         else:
             logger.warning("%s: Kafka client error (librdkafka retries): %s", self.where, err)
 
+    def take_again(self) -> tuple[list[KafkaMessage], str]:
+        """The messages to produce again (forgotten here), and the last reason."""
+        again, self.again = self.again, []
+        return again, self.again_reason
+
     def raise_if_failed(self) -> None:
-        """Fail on any undelivered message or fatal client error so far."""
+        """Fail on any undeliverable message or fatal client error so far, logging it first."""
+        msg = ""
         if self.fatal is not None:
-            raise KafkaSinkError(f"{self.where}: fatal Kafka error: {self.fatal}")
-        if self.failed:
+            msg = f"{self.where}: fatal Kafka error: {self.fatal}"
+        elif self.failed:
             reasons = "; ".join(self.reasons)
-            raise KafkaSinkError(f"{self.where}: {self.failed} messages not delivered: {reasons}")
+            msg = f"{self.where}: {self.failed} messages not delivered: {reasons}"
+        if msg:
+            # Logged as well: the runtime may abort before it prints the exception.
+            logger.error("%s", msg)
+            raise KafkaSinkError(msg)
 
 
 class _KafkaSinkPartition(StatelessSinkPartition[KafkaMessage]):
@@ -91,15 +150,45 @@ class _KafkaSinkPartition(StatelessSinkPartition[KafkaMessage]):
         self._reports = reports
         self._topic = topic
         self._written = 0
+        self._broken = False
 
     def write_batch(self, items: list[KafkaMessage]) -> None:
         """Produce every item and wait until the broker has acknowledged all of them.
 
+        Messages the broker did not acknowledge in time are produced again (see
+        the module docstring): during an outage this waits for the broker.
+
         Raises:
             KafkaSinkError: naming the topic and the reason, when a message is refused
-                or not delivered.
+                or cannot be delivered, or the producer failed fatally.
 
         """
+        reports = self._reports
+        pending = items
+        rounds = 0
+        try:
+            while True:
+                self._produce(pending)
+                self._flush()
+                pending, reason = reports.take_again()
+                if not pending:
+                    break
+                rounds += 1
+                RETRIES.labels(service="kafka", call=f"produce {self._topic}").inc()
+                wait = REDELIVERY.delay(rounds)
+                reports.outage.failed(
+                    f"{len(pending)} messages not acknowledged: {reason}",
+                    f"producing them again in {wait:.1f} s (round {rounds + 1})",
+                )
+                time.sleep(wait)
+        except KafkaSinkError:
+            self._broken = True
+            raise
+        if reports.outage.active:
+            reports.outage.recovered()
+        self._written += len(items)
+
+    def _produce(self, items: list[KafkaMessage]) -> None:
         produce = self._producer.produce
         topic = self._topic
         for key, value in items:
@@ -112,9 +201,8 @@ class _KafkaSinkPartition(StatelessSinkPartition[KafkaMessage]):
                     self._producer.poll(_FULL_QUEUE_POLL_S)
                 except KafkaException as exc:
                     msg = f"{self._reports.where}: message refused: {exc.args[0]}"
+                    logger.error("%s", msg)
                     raise KafkaSinkError(msg) from exc
-        self._flush()
-        self._written += len(items)
 
     def _flush(self) -> None:
         # Each message ends delivered or failed within librdkafka's message.timeout.ms.
@@ -126,15 +214,22 @@ class _KafkaSinkPartition(StatelessSinkPartition[KafkaMessage]):
     def close(self) -> None:
         """Deliver what is left (waiting at most ``CLOSE_TIMEOUT_S``) and report.
 
+        After a failed ``write_batch`` this only logs: raising again while the
+        runtime unwinds from the first failure would abort the process.
+
         Raises:
             KafkaSinkError: when messages are left undelivered or failed.
 
         """
         left = self._producer.flush(CLOSE_TIMEOUT_S)
-        where, failed = self._reports.where, self._reports.failed
+        reports = self._reports
+        where, failed = reports.where, reports.failed + len(reports.again)
         if left or failed:
             msg = f"{where}: closing with {left} messages undelivered and {failed} failed"
-            raise KafkaSinkError(msg)
+            logger.error("%s", msg)
+            if not self._broken:
+                raise KafkaSinkError(msg)
+            return
         logger.info("%s: wrote %d messages", where, self._written)
 
 

@@ -10,6 +10,16 @@ One call of ``next_batch`` turns up to ``batch_size`` messages into one
 :class:`RawBatch` of columns, so the runtime handles one item per batch rather
 than one per message. librdkafka keeps fetching into a local queue in the
 background; ``next_batch`` only drains that queue and never blocks the worker.
+About once a second it also sets the partition's consumer lag
+(``vigil_consumer_lag_messages``, :mod:`operators.metrics`) from the high
+watermark librdkafka cached from its last fetch: no request to the broker.
+
+When the broker is unreachable, librdkafka keeps reconnecting (each request
+waits up to ``socket.timeout.ms``, 60 s by default; with no consumer group,
+``session.timeout.ms`` does not apply) and the source simply has nothing to
+read: the flow waits, and goes on from the same offsets when the broker is
+back. The outage is logged as a WARNING when it begins, then at most every
+10 s per partition, and when messages arrive again.
 
 Example:
     >>> source = KafkaBatchSource(["localhost:9092"], "sensors", start="end")
@@ -29,6 +39,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from operators.events import RawBatch
+from operators.metrics import LagGauge
+from operators.retry import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +71,15 @@ _REQUIRED_CONFIG: dict[str, str] = {
 }
 
 _EOF = KafkaError._PARTITION_EOF
+#: Client errors that mean the broker does not answer (librdkafka reconnects by itself).
+_UNREACHABLE = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+    }
+)
 
 
 class KafkaSourceError(RuntimeError):
@@ -79,18 +100,22 @@ class _ClientErrors:
     """Collects client-level errors reported by librdkafka's error callback.
 
     Most are transient (a broker restarts, a connection drops) and librdkafka
-    recovers by itself, so they are logged. A fatal error ends the client: it is
-    kept and raised by the partition on its next call.
+    recovers by itself, so they are logged, an unreachable broker at a limited
+    rate. A fatal error ends the client: it is kept and raised by the partition
+    on its next call.
     """
 
     def __init__(self, where: str) -> None:
         self.where = where
         self.fatal: KafkaError | None = None
+        self.outage = OutageLog(logger, where, "broker")
 
     def __call__(self, err: KafkaError) -> None:
         if err.fatal():
             self.fatal = err
             logger.error("%s: fatal Kafka error: %s", self.where, err)
+        elif err.code() in _UNREACHABLE:
+            self.outage.failed(err.str(), "librdkafka reconnects, the flow waits")
         else:
             logger.warning("%s: Kafka client error (librdkafka retries): %s", self.where, err)
 
@@ -106,6 +131,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int | None]):
         next_offset: The next offset to read.
         stop_at: End offset at which the partition ends (``None``: tail forever).
         batch_size: Most messages per batch.
+        lag: Where the partition's consumer lag goes (default: a :class:`LagGauge`).
 
     """
 
@@ -118,6 +144,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int | None]):
         next_offset: int,
         stop_at: int | None,
         batch_size: int,
+        lag: LagGauge | None = None,
     ) -> None:
         self._consumer = consumer
         self._errors = errors
@@ -128,6 +155,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int | None]):
         self._batch_size = batch_size
         self._awake: datetime | None = None
         self._done = stop_at is not None and next_offset >= stop_at
+        self._tp = TopicPartition(topic, partition)
+        self._lag = lag or LagGauge(topic, partition)
 
     def next_batch(self) -> list[RawBatch]:
         """Drain up to ``batch_size`` messages already fetched; never blocks.
@@ -137,6 +166,22 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int | None]):
             KafkaSourceError: on a fatal or non-retriable Kafka error.
 
         """
+        batches = self._drain()
+        if self._lag.due():
+            self._report_lag()
+        return batches
+
+    def _report_lag(self) -> None:
+        """Set the lag from the cached high watermark (unknown before the first fetch)."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+        except KafkaException as exc:  # a metric is not worth stopping the flow for
+            logger.debug("%s: no cached watermarks: %s", self._where(), exc)
+            return
+        if high >= 0:  # librdkafka answers OFFSET_INVALID (-1001) until it knows
+            self._lag.set(max(0, high - self._next_offset))
+
+    def _drain(self) -> list[RawBatch]:
         if self._done:
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
@@ -154,6 +199,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int | None]):
         self._awake = None if full or self._done else datetime.now(UTC) + POLL_INTERVAL
         if not msgs:
             return []
+        if self._errors.outage.active:
+            self._errors.outage.recovered()
         self._next_offset = max(self._next_offset, offsets[-1] + 1)
         keys = tuple(map(Message.key, msgs))
         values = tuple(map(Message.value, msgs))
@@ -168,6 +215,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int | None]):
                 kept.append(m)
             elif err.code() == _EOF:
                 self._at_end(m.offset())
+            elif err.code() in _UNREACHABLE:
+                self._errors.outage.failed(err.str(), "librdkafka reconnects, the flow waits")
             elif err.retriable() and not err.fatal():
                 logger.warning("%s: retriable Kafka error: %s", self._where(), err)
             else:
