@@ -37,16 +37,16 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.alerting import AlertPolicy, AlertState, apply_policy
-from operators.decode import decode_batch
 from operators.detectors import make_detector
 from operators.events import DeadLetter, RawBatch, ScoredBatch, SeriesBatch
-from operators.metrics import ALERTS, Progress, count_dead_letter, step_metrics
+from operators.metrics import ALERTS, step_metrics
 from operators.normalize import Normalizer
 from operators.serde import WireFormat
 from operators.steps import (
     DetectConfig,
     DetectState,
     NormalizeState,
+    counted_decoder,
     detect_batch,
     new_detect_state,
     normalize_batch,
@@ -89,16 +89,10 @@ def decode_to_shards(
     """
     if shards < 1:
         raise ValueError(f"{step_id}: expected shards >= 1, got {shards}")
-    progress = Progress(flow_name)
-    metrics = step_metrics(flow_name, "decode")
+    counted = counted_decoder(flow_name, fmt)
 
     def _decode(raw: RawBatch) -> list[tuple[str, ShardItem] | DeadLetter]:
-        started = time.perf_counter()
-        out = decode_batch(raw, fmt)
-        metrics.observe(len(raw), len(raw) - len(out.errs), time.perf_counter() - started)
-        progress.add(len(raw), len(out.errs))
-        for err in out.errs:
-            count_dead_letter(flow_name, err.step, err.reason)
+        out = counted(raw)
         groups: dict[str, list[SeriesBatch]] = {}
         for batch in out.oks:
             groups.setdefault(shard_of(batch.series, shards), []).append(batch)

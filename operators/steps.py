@@ -22,13 +22,15 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.alerting import AlertPolicy, AlertState, apply_policy
 from operators.calibrate import calibrate
-from operators.decode import decode_batch
+from operators.decode import Decoded, decode_batch
 from operators.detectors import Detector, make_detector
-from operators.detectors.robust import Flatline, Gap, repeat_runs
+from operators.detectors.robust import SMALL_BATCH, Flatline, Gap, repeat_runs
 from operators.events import (
     Alert,
     DeadLetter,
     DetectedBatch,
+    FloatArray,
+    IntArray,
     RawBatch,
     ScoredBatch,
     SeriesBatch,
@@ -48,6 +50,26 @@ class DecodeOut:
     errs: Stream[DeadLetter]
 
 
+def counted_decoder(flow_name: str, fmt: WireFormat) -> Callable[[RawBatch], Decoded]:
+    """:func:`~operators.decode.decode_batch`, counted: step metrics, progress, dead letters.
+
+    One per decode step (its progress line and metrics are the worker's).
+    """
+    progress = Progress(flow_name)
+    metrics = step_metrics(flow_name, "decode")
+
+    def _decode(raw: RawBatch) -> Decoded:
+        started = time.perf_counter()
+        out = decode_batch(raw, fmt)
+        metrics.observe(len(raw), len(raw) - len(out.errs), time.perf_counter() - started)
+        progress.add(len(raw), len(out.errs))
+        for err in out.errs:
+            count_dead_letter(flow_name, err.step, err.reason)
+        return out
+
+    return _decode
+
+
 @operator
 def decode(
     step_id: str, up: Stream[RawBatch], flow_name: str, fmt: WireFormat = SENSORS
@@ -61,16 +83,10 @@ def decode(
         fmt: Field names of the wire format.
 
     """
-    progress = Progress(flow_name)
-    metrics = step_metrics(flow_name, "decode")
+    counted = counted_decoder(flow_name, fmt)
 
     def _decode(raw: RawBatch) -> list[SeriesBatch | DeadLetter]:
-        started = time.perf_counter()
-        out = decode_batch(raw, fmt)
-        metrics.observe(len(raw), len(raw) - len(out.errs), time.perf_counter() - started)
-        progress.add(len(raw), len(out.errs))
-        for err in out.errs:
-            count_dead_letter(flow_name, err.step, err.reason)
+        out = counted(raw)
         return [*out.oks, *out.errs]
 
     items = op.flat_map("decode", up, _decode)
@@ -116,37 +132,67 @@ def normalize_batch(
 
     """
     out: list[SeriesBatch | DeadLetter] = []
-    last = state.last_ts_ms
+    if not _in_order(state.last_ts_ms, batch.ts_ms):
+        batch = _reject_out_of_order(state.last_ts_ms, batch, flow_name, out)
+    if len(batch):
+        state.last_ts_ms = int(batch.ts_ms[-1])
+        normalized = state.normalizer.transform_many(batch.values)
+        out.insert(0, _with_normalized(batch, normalized))
+    return out
+
+
+def _in_order(last: int | None, ts_ms: IntArray) -> bool:
+    """Whether every time is after the previous one and after ``last``: nothing to reject."""
+    n = len(ts_ms)
+    if n and last is not None and ts_ms[0] <= last:
+        return False
+    return n < 2 or bool((ts_ms[1:] > ts_ms[:-1]).all())
+
+
+def _reject_out_of_order(
+    last: int | None, batch: SeriesBatch, flow_name: str, out: list[SeriesBatch | DeadLetter]
+) -> SeriesBatch:
+    """Append a dead letter to ``out`` per reading not after every earlier one; the rest."""
     before = np.maximum.accumulate(
         np.concatenate(([np.iinfo(np.int64).min if last is None else last], batch.ts_ms))
     )[:-1]
     keep = batch.ts_ms > before
-    if not keep.all():
-        for i in np.flatnonzero(~keep).tolist():
-            reason = (
-                f"field 'ts': expected a time after {int(before[i])} ms for series "
-                f"{batch.series!r}, got {int(batch.ts_ms[i])} ms (duplicate or out of order)"
+    for i in np.flatnonzero(~keep).tolist():
+        reason = (
+            f"field 'ts': expected a time after {int(before[i])} ms for series "
+            f"{batch.series!r}, got {int(batch.ts_ms[i])} ms (duplicate or out of order)"
+        )
+        offset = -1 if batch.offsets is None else int(batch.offsets[i])
+        raw = batch.raw[i] if batch.raw else None
+        out.append(
+            DeadLetter(
+                batch.origin,
+                batch.partition,
+                offset,
+                batch.series.encode(),
+                raw,
+                "normalize",
+                reason,
             )
-            offset = -1 if batch.offsets is None else int(batch.offsets[i])
-            raw = batch.raw[i] if batch.raw else None
-            out.append(
-                DeadLetter(
-                    batch.origin,
-                    batch.partition,
-                    offset,
-                    batch.series.encode(),
-                    raw,
-                    "normalize",
-                    reason,
-                )
-            )
-            count_dead_letter(flow_name, "normalize", reason)
-        batch = _take(batch, keep)
-    if len(batch):
-        state.last_ts_ms = int(batch.ts_ms[-1])
-        normalized = state.normalizer.transform_many(batch.values)
-        out.insert(0, dataclasses.replace(batch, normalized=normalized))
-    return out
+        )
+        count_dead_letter(flow_name, "normalize", reason)
+    return _take(batch, keep)
+
+
+def _with_normalized(batch: SeriesBatch, normalized: FloatArray) -> SeriesBatch:
+    # The constructor itself: ``dataclasses.replace`` costs more than the scaling of a reading.
+    return SeriesBatch(
+        batch.series,
+        batch.ts_ms,
+        batch.values,
+        batch.labels,
+        batch.origin,
+        batch.partition,
+        batch.offsets,
+        batch.raw,
+        normalized,
+        batch.channels,
+    )
 
 
 def _take(batch: SeriesBatch, keep: np.ndarray) -> SeriesBatch:
@@ -241,39 +287,81 @@ def detect_batch(cfg: DetectConfig, state: DetectState, batch: SeriesBatch) -> D
         msg = f"detect: expected a normalized batch for series {batch.series!r}, got raw values"
         raise ValueError(msg)
     n = len(batch)
-    start = batch.ts_ms[0] if state.last_ts_ms is None else state.last_ts_ms
-    intervals = np.diff(np.concatenate(([start], batch.ts_ms))) / 1000.0
+    intervals = _intervals(state.last_ts_ms, batch.ts_ms)
     # The first reading of a series has no interval to judge.
     first = 1 if state.last_ts_ms is None else 0
     state.value.observe_intervals(intervals[first:])
     raw_scores = state.value.score_learn_many(batch.normalized)
-    columns = [calibrate(state.value.calibrator, raw_scores)]
-    details = [raw_scores]
+    # One row per feature: raw scores, and the detail an alert reason quotes.
+    calibrators = [state.value.calibrator]
+    raw = np.zeros((1 + (state.stuck is not None) + (state.gap is not None), n))
+    details = np.empty_like(raw)
+    raw[0] = details[0] = raw_scores
+    row = 1
     if state.stuck is not None:
-        last = state.stuck.last
-        prev = np.concatenate(([np.nan if last is None else last], batch.values[:-1]))
-        runs = repeat_runs(batch.values == prev, state.stuck.run)
-        columns.append(calibrate(Flatline.calibrator, state.stuck.score_learn_many(batch.values)))
-        details.append((runs + 1).astype(np.float64))
+        details[row] = _run_lengths(batch.values, state.stuck.last, state.stuck.run)
+        raw[row] = state.stuck.score_learn_many(batch.values)
+        calibrators.append(Flatline.calibrator)
+        row += 1
     if state.gap is not None:
-        gap_scores = np.zeros(n)
-        gap_scores[first:] = state.gap.score_learn_many(intervals[first:])
-        columns.append(calibrate(Gap.calibrator, gap_scores))
-        details.append(intervals)
+        raw[row, first:] = state.gap.score_learn_many(intervals[first:])
+        details[row] = intervals
+        calibrators.append(Gap.calibrator)
     state.last_ts_ms = int(batch.ts_ms[-1]) if n else state.last_ts_ms
-    stacked = np.vstack(columns)
-    features = np.argmax(stacked, axis=0).astype(np.int8)
+    calibrated = _calibrate_rows(calibrators, raw)
+    features = calibrated.argmax(axis=0)
     cols = np.arange(n)
     return DetectedBatch(
         batch=batch,
         raw_scores=raw_scores,
-        scores=stacked[features, cols],
-        features=features,
+        scores=calibrated[features, cols],
+        features=features.astype(np.int8),
         feature_names=cfg.feature_names(),
         detector=cfg.detector,
-        details=np.vstack(details)[features, cols],
+        details=details[features, cols],
         parts=state.value.explain(),
     )
+
+
+def _intervals(last_ts_ms: int | None, ts_ms: IntArray) -> FloatArray:
+    """Seconds since the previous reading (0 for a series' first reading)."""
+    start = ts_ms[0] if last_ts_ms is None else last_ts_ms
+    if 0 < len(ts_ms) <= SMALL_BATCH:  # arrays cost more than arithmetic on a reading or two
+        ts = ts_ms.tolist()
+        return np.array([(b - a) / 1000.0 for a, b in zip([int(start), *ts], ts, strict=False)])
+    return np.diff(np.concatenate(([start], ts_ms))) / 1000.0
+
+
+def _run_lengths(values: FloatArray, last: float | None, carried: int) -> list[int] | IntArray:
+    """Readings in the run of identical values that each value ends (1 for a new value).
+
+    Args:
+        values: Raw values, in order.
+        last: The value before them (``None`` for a new series).
+        carried: Repeats in the run still open before the first value.
+
+    """
+    if len(values) > SMALL_BATCH:
+        prev = np.concatenate(([np.nan if last is None else last], values[:-1]))
+        return repeat_runs(values == prev, carried) + 1
+    out = []
+    run, prev_value = carried, last
+    for x in values.tolist():
+        run = run + 1 if x == prev_value else 0
+        out.append(run + 1)
+        prev_value = x
+    return out
+
+
+def _calibrate_rows(names: list[str], raw: FloatArray) -> FloatArray:
+    """Each row of ``raw`` through its calibrator; neighbouring rows that share one in one call."""
+    out = np.empty_like(raw)
+    start = 0
+    for stop in range(1, len(names) + 1):
+        if stop == len(names) or names[stop] != names[start]:
+            out[start:stop] = calibrate(names[start], raw[start:stop])
+            start = stop
+    return out
 
 
 class _DetectLogic(StatefulBatchLogic[SeriesBatch, DetectedBatch, DetectState]):
