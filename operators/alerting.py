@@ -129,9 +129,9 @@ def apply_policy(policy: AlertPolicy, state: AlertState, det: DetectedBatch) -> 
     """
     batch = det.batch
     hot = det.scores >= policy.threshold
-    alerted = np.zeros(len(det), dtype=bool)
     alerts: list[Alert] = []
-    if hot.any():
+    if np.count_nonzero(hot):
+        alerted = np.zeros(len(det), dtype=bool)
         cooldown_ms = round(policy.cooldown_s * 1000)
         recent = state.recent
         start = 0
@@ -168,6 +168,7 @@ def apply_policy(policy: AlertPolicy, state: AlertState, det: DetectedBatch) -> 
             state.above = 0
         state.recent = np.concatenate((recent, tail))[-RECENT_WINDOW:]
     else:
+        alerted = hot  # all False: nothing hot, nothing alerted
         state.above = 0
         state.recent = np.concatenate((state.recent, batch.values))[-RECENT_WINDOW:]
     return ScoredBatch(

@@ -27,11 +27,15 @@ import numpy as np
 
 from operators.events import FloatArray
 
-_erf = np.frompyfunc(math.erf, 1, 1)
+_SQRT2 = math.sqrt(2.0)
 
 
 def _gaussian(z: FloatArray) -> FloatArray:
-    return np.asarray(_erf(np.abs(z) / math.sqrt(2.0)), dtype=np.float64)
+    # math.erf value by value (numpy has no erf); fromiter skips the object array.
+    half = np.abs(z) / _SQRT2
+    return np.fromiter(map(math.erf, half.ravel().tolist()), np.float64, half.size).reshape(
+        half.shape
+    )
 
 
 def _surprise(s: FloatArray) -> FloatArray:

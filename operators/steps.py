@@ -292,23 +292,25 @@ def detect_batch(cfg: DetectConfig, state: DetectState, batch: SeriesBatch) -> D
     first = 1 if state.last_ts_ms is None else 0
     state.value.observe_intervals(intervals[first:])
     raw_scores = state.value.score_learn_many(batch.normalized)
-    # One row per feature: raw scores, and the detail an alert reason quotes.
-    calibrators = [state.value.calibrator]
-    raw = np.zeros((1 + (state.stuck is not None) + (state.gap is not None), n))
-    details = np.empty_like(raw)
-    raw[0] = details[0] = raw_scores
-    row = 1
+    # One row per feature of calibrated scores and of the detail a reason quotes;
+    # the extra features' raw scores are calibrated together.
+    extra = (state.stuck is not None) + (state.gap is not None)
+    details = np.empty((1 + extra, n))
+    calibrated = np.empty_like(details)
+    details[0] = raw_scores
+    calibrated[0] = calibrate(state.value.calibrator, raw_scores)
+    raw = np.zeros((extra, n))
+    calibrators: list[str] = []
     if state.stuck is not None:
-        details[row] = _run_lengths(batch.values, state.stuck.last, state.stuck.run)
-        raw[row] = state.stuck.score_learn_many(batch.values)
+        details[1] = _run_lengths(batch.values, state.stuck.last, state.stuck.run)
+        raw[0] = state.stuck.score_learn_many(batch.values)
         calibrators.append(Flatline.calibrator)
-        row += 1
     if state.gap is not None:
-        raw[row, first:] = state.gap.score_learn_many(intervals[first:])
-        details[row] = intervals
+        raw[-1, first:] = state.gap.score_learn_many(intervals[first:])
+        details[-1] = intervals
         calibrators.append(Gap.calibrator)
     state.last_ts_ms = int(batch.ts_ms[-1]) if n else state.last_ts_ms
-    calibrated = _calibrate_rows(calibrators, raw)
+    calibrated[1:] = _calibrate_rows(calibrators, raw)
     features = calibrated.argmax(axis=0)
     cols = np.arange(n)
     return DetectedBatch(
@@ -328,7 +330,8 @@ def _intervals(last_ts_ms: int | None, ts_ms: IntArray) -> FloatArray:
     start = ts_ms[0] if last_ts_ms is None else last_ts_ms
     if 0 < len(ts_ms) <= SMALL_BATCH:  # arrays cost more than arithmetic on a reading or two
         ts = ts_ms.tolist()
-        return np.array([(b - a) / 1000.0 for a, b in zip([int(start), *ts], ts, strict=False)])
+        prev = [int(start), *ts[:-1]]
+        return np.array([(b - a) / 1000.0 for a, b in zip(prev, ts, strict=True)])
     return np.diff(np.concatenate(([start], ts_ms))) / 1000.0
 
 
