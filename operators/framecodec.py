@@ -150,11 +150,16 @@ def _header(obj: Any, limits: FrameLimits) -> FrameHeader:
         raise bad_field("header.ut", "an ISO 8601 time", raw_ut) from None
     if ut.tzinfo is None:
         raise bad_field("header.ut", "an ISO 8601 time with a UTC offset", raw_ut)
+    try:
+        ut = ut.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        expected = "an ISO 8601 time within years 1-9999 in UTC"
+        raise bad_field("header.ut", expected, raw_ut) from None
     numbers = {k: _number(obj, k, lo, hi, what) for k, (lo, hi, what) in _HEADER_NUMBERS.items()}
     return FrameHeader(
         width=width,
         height=height,
-        ut=ut.astimezone(UTC),
+        ut=ut,
         object=_text(obj, "object", "header.object"),
         **numbers,
     )

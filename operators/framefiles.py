@@ -83,6 +83,8 @@ _KEYWORDS: tuple[tuple[str, tuple[str, ...], float, float, bool], ...] = (
     ("longitude_deg", ("SITELONG",), -180.0, 360.0, False),
     ("weather", ("WEATHER",), 0.0, 100.0, False),
 )
+# The keywords read, so that astropy parses no other value of a hostile header.
+_WORDS = ("DATE-OBS", "TIME-OBS", "OBJECT", *(w for _, words, *_ in _KEYWORDS for w in words))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +160,10 @@ def _keyword_time(keys: dict[str, Any]) -> datetime | None:
         text = f"{text}T{str(keys['TIME-OBS']).strip()}"
     try:
         ut = datetime.fromisoformat(text)
-    except ValueError:
+        return ut.replace(tzinfo=UTC) if ut.tzinfo is None else ut.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: out of years 1-9999 in UTC
         msg = f"expected an ISO 8601 time, got {describe(raw)}"
         raise FrameDecodeError("keyword 'DATE-OBS'", msg) from None
-    return ut.replace(tzinfo=UTC) if ut.tzinfo is None else ut.astimezone(UTC)
 
 
 def _header_values(keys: dict[str, Any], defaults: FileDefaults) -> dict[str, float]:
@@ -219,7 +221,7 @@ def read_frame_file(
         raise FrameDecodeError(f"file '{file}'", f"cannot be read: {exc.strerror}") from None
     keys: dict[str, Any] = {}
     if data.startswith(FITS_SIGNATURE):
-        pixels, keys = read_fits(data, limits)
+        pixels, keys = read_fits(data, limits, keywords=_WORDS)
     elif data.startswith(PNG_SIGNATURE):
         pixels = decode_image(data, limits, colour=True)
     else:

@@ -21,8 +21,11 @@ Example:
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
+import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -53,6 +56,23 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FITS_SIGNATURE = b"SIMPLE  ="
 # zlib level 1: a 650x500 frame in ~17 ms; level 6 saves 7% for 10x the time.
 PNG_LEVEL = 1
+# Headers astropy would take minutes to read, found in the raw bytes first: it
+# parses a string continued over n CONTINUE cards in time growing like n**3
+# (3,000 cards: minutes), and loops over NAXIS, ZNAXIS and TFIELDS, which the
+# FITS standard caps at 999, whatever they claim.
+_SLOW_HEADERS = (
+    (
+        re.compile(rb"CONTINUE(?:.{72}CONTINUE){15}", re.DOTALL),
+        "expected keyword strings of fewer than 16 CONTINUE cards, got more",
+    ),
+    (re.compile(rb"NAXIS *= *\+?0*[1-9][0-9]{3}"), "expected NAXIS of at most 999, got more"),
+    (re.compile(rb"TFIELDS *= *\+?0*[1-9][0-9]{3}"), "expected TFIELDS of at most 999, got more"),
+)
+#: Tile compressions whose astropy decoders stay in bounds on hostile tiles.
+_TILE_COMPRESSIONS = ("RICE_1", "RICE_ONE", "PLIO_1", "GZIP_1", "GZIP_2", "NOCOMPRESS")
+# Python's gzip copies the rest of a stream for every member: quadratic.
+_GZIP_MEMBERS = 4
+_INFLATE_STEP = 2**20
 
 
 class FrameDecodeError(ValueError):
@@ -146,7 +166,7 @@ def read_ref(path: str, limits: FrameLimits) -> bytes:
         raise bad_field("path", "an absolute path", path)
     try:
         resolved = target.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
         raise bad_field("path", "an existing file", path) from None
     roots = [Path(r).resolve() for r in limits.ref_roots]
     if not any(resolved.is_relative_to(r) for r in roots):
@@ -196,7 +216,7 @@ def decode_image(
     if data.startswith(PNG_SIGNATURE):
         return _decode_png(data, limits, expect, colour)
     if data.startswith(FITS_SIGNATURE):
-        return read_fits(data, limits, expect)[0]
+        return read_fits(data, limits, expect, keywords=())[0]
     raise FrameDecodeError("payload", f"expected PNG or FITS bytes, got {bytes(data[:8])!r}")
 
 
@@ -249,14 +269,21 @@ def _fits() -> Any:
 
 
 def read_fits(
-    data: bytes, limits: FrameLimits = DEFAULT_LIMITS, expect: tuple[int, int] | None = None
+    data: bytes,
+    limits: FrameLimits = DEFAULT_LIMITS,
+    expect: tuple[int, int] | None = None,
+    keywords: Collection[str] | None = None,
 ) -> tuple[PixelArray, dict[str, Any]]:
     """The pixels and keywords of the first 2-D image HDU of FITS bytes.
+
+    A tile-compressed image is checked before astropy decodes it (see
+    :func:`_check_tiles`).
 
     Args:
         data: The FITS file's bytes.
         limits: ``max_pixels`` bounds ``NAXIS1 * NAXIS2`` (checked before reading data).
         expect: ``(width, height)`` the image must have.
+        keywords: The keywords to read (``None``: every one); only these values are parsed.
 
     Returns:
         The ``uint16`` pixels (see :func:`decode_image`) and the keywords of
@@ -266,23 +293,40 @@ def read_fits(
         FrameDecodeError: naming what is wrong.
 
     """
+    for pattern, refusal in _SLOW_HEADERS:
+        if pattern.search(data):
+            raise FrameDecodeError("payload", refusal)
     fits = _fits()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hdus:
-                hdu = next((h for h in hdus if h.is_image and h.header.get("NAXIS", 0)), None)
+                found = (
+                    (i, h) for i, h in enumerate(hdus) if h.is_image and h.header.get("NAXIS", 0)
+                )
+                index, hdu = next(found, (-1, None))
                 if hdu is None:
                     raise FrameDecodeError("payload", "expected a FITS image HDU, got none")
                 head = hdu.header
-                naxis = [int(head.get(f"NAXIS{i}", 0)) for i in range(1, int(head["NAXIS"]) + 1)]
-                if len(naxis) not in (2, 3) or (len(naxis) == 3 and naxis[2] != 1):
+                count = int(head["NAXIS"])
+                if count not in (2, 3):
+                    msg = f"expected a 2-D image (NAXIS 2), got NAXIS {count}"
+                    raise FrameDecodeError("payload", msg)
+                naxis = [int(head.get(f"NAXIS{i}", 0)) for i in range(1, count + 1)]
+                if len(naxis) == 3 and naxis[2] != 1:
                     msg = f"expected a 2-D image (NAXIS 2), got axes {naxis}"
                     raise FrameDecodeError("payload", msg)
                 _check_size(naxis[0], naxis[1], limits, expect)
+                if isinstance(hdu, fits.CompImageHDU):
+                    _check_tiles(data, index, naxis[0] * naxis[1])
+                pairs = (
+                    head.items()
+                    if keywords is None
+                    else [(k, head[k]) for k in keywords if k in head]
+                )
                 keys = {
                     str(k): v
-                    for k, v in head.items()
+                    for k, v in pairs
                     if k and k not in ("COMMENT", "HISTORY") and isinstance(v, str | int | float)
                 }
                 array = np.asarray(hdu.data).reshape(naxis[1], naxis[0])
@@ -294,6 +338,80 @@ def read_fits(
         raise
     except Exception as exc:  # astropy raises many kinds on corrupt data
         raise FrameDecodeError("payload", f"expected a valid FITS file, got {exc!r:.120}") from None
+
+
+def _check_tiles(data: bytes, index: int, pixels: int) -> None:
+    """Refuse a tile-compressed image that astropy's decoders would not take safely or cheaply.
+
+    The compressed table is read as it is (``disable_image_compression``): the
+    compression must be one of :data:`_TILE_COMPRESSIONS` (astropy's HCOMPRESS
+    decoder writes as many pixels as the tile's stream claims, past the
+    buffer of a smaller tile), RICE's ``BYTEPIX`` 1, 2, 4 or 8 (others crash
+    its decoder), and the GZIP tiles must inflate to at most 8 bytes a pixel
+    in all (astropy inflates each tile whole, so a few kilobytes could claim
+    gigabytes), counted here in bounded steps.
+    """
+    fits = _fits()
+    raw = io.BytesIO(data)
+    with fits.open(raw, memmap=False, lazy_load_hdus=True, disable_image_compression=True) as hdus:
+        table = hdus[index]
+        kind = table.header.get("ZCMPTYPE")
+        if kind not in _TILE_COMPRESSIONS:
+            msg = f"expected a tile compression of {_TILE_COMPRESSIONS}, got {describe(kind)}"
+            raise FrameDecodeError("payload", msg)
+        bytepix = _tile_setting(table.header, "BYTEPIX", 4)
+        if kind.startswith("RICE") and (isinstance(bytepix, bool) or bytepix not in (1, 2, 4, 8)):
+            msg = f"expected a RICE BYTEPIX of 1, 2, 4 or 8, got {describe(bytepix)}"
+            raise FrameDecodeError("payload", msg)
+        gzipped = ["GZIP_COMPRESSED_DATA"]
+        if kind.startswith("GZIP"):
+            gzipped.append("COMPRESSED_DATA")
+        budget = 8 * pixels  # BITPIX -64, the widest pixel
+        for name in gzipped:
+            if name not in table.columns.names:
+                continue
+            for tile in table.data[name]:
+                stream = np.asarray(tile)
+                big_endian = stream.astype(stream.dtype.newbyteorder(">"), copy=False)
+                budget -= _inflated_size(big_endian.tobytes(), budget)
+                if budget < 0:
+                    msg = f"expected gzip tiles of at most {8 * pixels} bytes in all, got more"
+                    raise FrameDecodeError("payload", msg)
+
+
+def _tile_setting(header: Any, name: str, default: Any) -> Any:
+    """A tile compression setting: the ``ZVALn`` of the ``ZNAMEn`` called ``name``."""
+    for i in range(1, 1000):
+        label = header.get(f"ZNAME{i}")
+        if label is None:
+            break
+        if isinstance(label, str) and label.lower() == name.lower():
+            return header.get(f"ZVAL{i}")
+    return default
+
+
+def _inflated_size(stream: bytes, limit: int) -> int:
+    """Bytes the gzip members of ``stream`` inflate to, counted in steps until past ``limit``.
+
+    A truncated stream is counted as far as it goes and a corrupt one raises
+    ``zlib.error`` (astropy would refuse either). More than :data:`_GZIP_MEMBERS`
+    members are refused: Python's ``gzip`` copies the rest of the stream for each.
+    """
+    total = 0
+    for _ in range(_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(wbits=31)
+        rest = stream
+        while not inflater.eof and total <= limit:
+            out = inflater.decompress(rest, _INFLATE_STEP)
+            rest = inflater.unconsumed_tail
+            total += len(out)
+            if not (out or rest or inflater.eof):  # truncated
+                return total
+        stream = inflater.unused_data.lstrip(b"\x00")
+        if not inflater.eof or not stream:
+            return total
+    msg = f"expected at most {_GZIP_MEMBERS} gzip members in a tile, got more"
+    raise FrameDecodeError("payload", msg)
 
 
 def png_bytes(pixels: PixelArray, level: int = PNG_LEVEL) -> bytes:
