@@ -134,8 +134,9 @@ def _group(
     labels: list[str | None],
 ) -> tuple[SeriesBatch, ...]:
     """One batch per series from the columns of a decoded raw batch."""
-    index: dict[str, int] = {}
-    codes = np.fromiter((index.setdefault(s, len(index)) for s in series), np.int64, len(series))
+    # dict.fromkeys keeps the order of first appearance; the lookups run in C.
+    index = {name: i for i, name in enumerate(dict.fromkeys(series))}
+    codes = np.fromiter(map(index.__getitem__, series), np.int64, len(series))
     offsets = np.asarray(raw.offsets, dtype=np.int64)
     payloads = raw.values
     if len(index) > 1:
