@@ -335,7 +335,7 @@ def _intervals(last_ts_ms: int | None, ts_ms: IntArray) -> FloatArray:
     return np.diff(np.concatenate(([start], ts_ms))) / 1000.0
 
 
-def _run_lengths(values: FloatArray, last: float | None, carried: int) -> list[int] | IntArray:
+def _run_lengths(values: FloatArray, last: float | None, carried: int) -> IntArray:
     """Readings in the run of identical values that each value ends (1 for a new value).
 
     Args:
@@ -344,16 +344,8 @@ def _run_lengths(values: FloatArray, last: float | None, carried: int) -> list[i
         carried: Repeats in the run still open before the first value.
 
     """
-    if len(values) > SMALL_BATCH:
-        prev = np.concatenate(([np.nan if last is None else last], values[:-1]))
-        return repeat_runs(values == prev, carried) + 1
-    out = []
-    run, prev_value = carried, last
-    for x in values.tolist():
-        run = run + 1 if x == prev_value else 0
-        out.append(run + 1)
-        prev_value = x
-    return out
+    prev = np.concatenate(([np.nan if last is None else last], values[:-1]))
+    return repeat_runs(values == prev, carried) + 1
 
 
 def _calibrate_rows(names: list[str], raw: FloatArray) -> FloatArray:

@@ -67,6 +67,12 @@ def repeat_runs(same: BoolArray, carried: int) -> IntArray:
         [3, 0, 1, 2]
 
     """
+    if len(same) <= SMALL_BATCH:  # a loop is cheaper than arrays on a value or two
+        runs, length = [], carried
+        for repeat in same.tolist():
+            length = length + 1 if repeat else 0
+            runs.append(length)
+        return np.array(runs, dtype=np.int64)
     idx = np.arange(len(same))
     last_break = np.maximum.accumulate(np.where(same, -1, idx))
     run = np.where(same, idx - last_break, 0)

@@ -11,7 +11,7 @@ from operators.calibrate import calibrate
 from operators.detectors import Detector, make_detector
 from operators.detectors.gaussian import WindowedGaussian
 from operators.detectors.iforest import IsolationForest
-from operators.detectors.robust import RobustZ
+from operators.detectors.robust import RobustZ, repeat_runs
 from operators.detectors.seasonal import Seasonal
 from tests.contract.test_detectors import auc
 from tests.contract.test_detectors import run_one_by_one as one_by_one
@@ -225,3 +225,14 @@ def test_batches_of_one_and_two_give_the_numbers_of_one_batch(name: str) -> None
     cuts = np.cumsum(np.tile([1, 2], 140))
     parts = [small.score_learn_many(p) for p in np.split(xs, cuts[cuts < 400])]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_repeat_runs_in_pieces_of_one_and_two_equal_one_pass() -> None:
+    same = np.random.default_rng(9).random(300) < 0.6
+    whole = repeat_runs(same, 4)
+    pieces, carried = [], 4
+    for part in np.split(same, np.cumsum(np.tile([1, 2], 100))[:-1]):
+        runs = repeat_runs(part, carried)
+        pieces.append(runs)
+        carried = int(runs[-1])
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
