@@ -36,16 +36,17 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from operators.alerting import AlertPolicy, AlertState, apply_policy
+from operators.alerting import AlertPolicy, AlertState
 from operators.detectors import make_detector
 from operators.events import DeadLetter, RawBatch, ScoredBatch, SeriesBatch
-from operators.metrics import ALERTS, step_metrics
+from operators.metrics import step_metrics
 from operators.normalize import Normalizer
 from operators.serde import WireFormat
 from operators.steps import (
     DetectConfig,
     DetectState,
     NormalizeState,
+    alert_counted,
     counted_decoder,
     detect_batch,
     new_detect_state,
@@ -142,10 +143,7 @@ class Scorer:
                 out.append(item)
                 continue
             detected = detect_batch(self.detect, state.detect, item)
-            scored = apply_policy(self.policy, state.alert, detected)
-            for a in scored.alerts:
-                ALERTS.labels(flow=self.flow_name, severity=a.severity).inc()
-            out.append(scored)
+            out.append(alert_counted(self.policy, state.alert, detected, self.flow_name))
         return out
 
 

@@ -1,8 +1,11 @@
-"""Bytewax operators of the hot path: decode, normalize, detect and alert.
+"""Per-series steps: the functions every flow scores a series with, and operators keyed by series.
 
-Each operator takes and gives micro-batches (one Bytewax item per series and
-source batch), so the runtime's per-item cost is paid once per batch. State is
-kept per series in picklable objects; snapshots are deep copies.
+The pure functions (:func:`normalize_batch`, :func:`detect_batch`,
+:func:`alert_counted`) update one series' state with one batch of its
+readings; the sharded path of :mod:`operators.shards` calls them. The
+operators (:func:`decode`, :func:`normalize`, :func:`alert`) key Bytewax state
+by series, as the window-model flows do. Each takes and gives micro-batches
+(one Bytewax item per series and source batch); snapshots are deep copies.
 """
 
 from __future__ import annotations
@@ -359,18 +362,6 @@ def _calibrate_rows(names: list[str], raw: FloatArray) -> FloatArray:
     return out
 
 
-class _DetectLogic(StatefulBatchLogic[SeriesBatch, DetectedBatch, DetectState]):
-    def __init__(self, cfg: DetectConfig, state: DetectState) -> None:
-        self.cfg = cfg
-        self.state = state
-
-    def on_batch(self, values: list[SeriesBatch]) -> tuple[Iterable[DetectedBatch], bool]:
-        return [detect_batch(self.cfg, self.state, b) for b in values], StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> DetectState:
-        return copy.deepcopy(self.state)
-
-
 def new_detect_state(cfg: DetectConfig) -> DetectState:
     """Fresh detectors for one series."""
     return DetectState(
@@ -380,24 +371,14 @@ def new_detect_state(cfg: DetectConfig) -> DetectState:
     )
 
 
-@operator
-def detect(
-    step_id: str, up: KeyedStream[SeriesBatch], cfg: DetectConfig
-) -> KeyedStream[DetectedBatch]:
-    """Score each series with its own detectors (score before learn).
-
-    Args:
-        step_id: Unique id.
-        up: Normalized per-series batches.
-        cfg: Detector name and extra features.
-
-    """
-    make_detector(cfg.detector, dict(cfg.options))  # fail at build time on a bad setting
-
-    def builder(resume: DetectState | None) -> _DetectLogic:
-        return _DetectLogic(cfg, resume or new_detect_state(cfg))
-
-    return op.stateful_batch("detect", up, builder)
+def alert_counted(
+    policy: AlertPolicy, state: AlertState, det: DetectedBatch, flow_name: str
+) -> ScoredBatch:
+    """:func:`~operators.alerting.apply_policy`, with each alert counted by severity."""
+    scored = apply_policy(policy, state, det)
+    for a in scored.alerts:
+        ALERTS.labels(flow=flow_name, severity=a.severity).inc()
+    return scored
 
 
 class _AlertLogic(StatefulBatchLogic[DetectedBatch, ScoredBatch, AlertState]):
@@ -407,10 +388,7 @@ class _AlertLogic(StatefulBatchLogic[DetectedBatch, ScoredBatch, AlertState]):
         self.flow_name = flow_name
 
     def on_batch(self, values: list[DetectedBatch]) -> tuple[Iterable[ScoredBatch], bool]:
-        out = [apply_policy(self.policy, self.state, d) for d in values]
-        for scored in out:
-            for a in scored.alerts:
-                ALERTS.labels(flow=self.flow_name, severity=a.severity).inc()
+        out = [alert_counted(self.policy, self.state, d, self.flow_name) for d in values]
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> AlertState:
