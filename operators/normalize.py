@@ -60,6 +60,10 @@ class FixedMinMax(Normalizer):
         """Scale with the fixed bounds (no state to update)."""
         return (xs - self.lo) / (self.hi - self.lo)
 
+    def transform_one(self, x: float) -> float:
+        """Scale one value: the same float operations as :meth:`transform_many`."""
+        return (x - self.lo) / (self.hi - self.lo)
+
 
 class OnlineMinMax(Normalizer):
     """Min-max scaling with the running minimum and maximum, current value included.

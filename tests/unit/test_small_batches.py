@@ -4,9 +4,11 @@ With many series a source batch holds a reading or two per series, and the
 normalize, detect and alert functions take cheaper routes for such batches.
 Seeded labelled streams (spikes, stuck runs, gaps, out-of-order and duplicate
 times, alerts and cool-downs) go through :meth:`operators.shards.Scorer.score`
-in batches of 1, of 2 and of mixed sizes; every scored reading, alert, dead
-letter and the final pickled state must equal those of the same stream scored
-in batches of many readings, which take the vectorised route throughout.
+in batches of 1, of 2 and of mixed sizes, one series at a time and through the
+shard step (whose one-reading batches take :mod:`operators.singles`); every
+scored reading, alert, dead letter and the final pickled state must equal
+those of the same stream scored in batches of many readings, which take the
+vectorised route throughout.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 from operators.alerting import AlertPolicy
 from operators.events import Alert, DeadLetter, ScoredBatch, SeriesBatch
 from operators.normalize import FixedMinMax, Normalizer, OnlineMinMax
-from operators.shards import Scorer, SeriesState
+from operators.shards import Scorer, SeriesState, _ScoreLogic
 from operators.steps import DetectConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -146,6 +148,39 @@ def run(scorer: Scorer, streams: list[SeriesBatch], sizes: Callable[[], Iterator
     return Run(columns, alerts, dead, pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def run_shard(
+    scorer: Scorer, streams: list[SeriesBatch], sizes: Callable[[], Iterator[int]]
+) -> Run:
+    """As :func:`run`, through the shard step: each round of pieces is one shard item."""
+    logic = _ScoreLogic(scorer, {})
+    plans = {s.series: cuts(len(s), sizes()) for s in streams}
+    out: list[ScoredBatch | DeadLetter] = []
+    for step in range(max(len(p) for p in plans.values())):
+        item = tuple(
+            piece(stream, *plans[stream.series][step])
+            for stream in streams
+            if step < len(plans[stream.series])
+        )
+        items, retain = logic.on_batch([item])
+        assert retain == _ScoreLogic.RETAIN
+        out.extend(items)
+    columns: dict[str, list[Any]] = {
+        k: [] for k in ("ts_ms", "values", "labels", "raw_scores", "scores", "alerted")
+    }
+    for x in out:
+        if isinstance(x, ScoredBatch):
+            assert x.alerted.dtype == np.bool_
+            assert x.scores.dtype == x.raw_scores.dtype == np.float64
+            for name, col in columns.items():
+                col.extend([(x.series, v) for v in list(getattr(x, name))])
+    return Run(
+        columns,
+        [a for x in out if isinstance(x, ScoredBatch) for a in x.alerts],
+        [x for x in out if isinstance(x, DeadLetter)],
+        pickle.dumps(logic.states, protocol=pickle.HIGHEST_PROTOCOL),
+    )
+
+
 def by_series(items: list[Any]) -> list[Any]:
     """Order per series (interleaving differs between runs), stably."""
     return sorted(items, key=lambda x: x[0] if isinstance(x, tuple) else x.series)
@@ -224,6 +259,23 @@ def test_small_batches_equal_one_batch(
 ) -> None:
     scorer, want = scorer_and_reference
     assert_same(run(scorer, streams, sizes), want)
+
+
+@pytest.mark.parametrize("sizes", [lambda: repeat(1), lambda: mixed(7)], ids=["ones", "mixed"])
+def test_shard_step_equals_one_batch(
+    scorer_and_reference: tuple[Scorer, Run],
+    streams: list[SeriesBatch],
+    sizes: Callable[[], Iterator[int]],
+) -> None:
+    scorer, want = scorer_and_reference
+    assert_same(run_shard(scorer, streams, sizes), want)
+
+
+def test_one_reading_path_is_taken_where_it_applies() -> None:
+    assert _ScoreLogic(SCORERS["robust-z"], {}).fast_singles
+    assert _ScoreLogic(SCORERS["value-only"], {}).fast_singles
+    # The context detector reports parts and listens to the spacing: per series.
+    assert not _ScoreLogic(SCORERS["context"], {}).fast_singles
 
 
 def test_cool_down_holds_back_alerts(streams: list[SeriesBatch]) -> None:
