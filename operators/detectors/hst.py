@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from river import anomaly
-
 from operators.detectors.base import Detector
 
 
@@ -45,6 +43,10 @@ class HalfSpaceTrees(Detector):
             "window_size": window_size,
             "seed": seed,
         }
+        # Imported here: River pulls in SciPy (about a second), which flows that
+        # never build this detector should not pay at start-up.
+        from river import anomaly
+
         self.model: Any = anomaly.HalfSpaceTrees(**self.params)
 
     def score_one(self, x: float) -> float:
