@@ -172,13 +172,14 @@ class RobustZ(Detector):
     def learn_one(self, x: float) -> None:
         """Append ``x`` to the window, dropping the oldest value when full."""
         due = self._next_refresh()
-        self.history = np.append(self.history, x)[-self.window :]
+        self.history = np.concatenate((self.history, (x,)))[-self.window :]
         self.count += 1
         if self.count == due:
             self.long_run.update(self.history)
         if self._stats_due(self.count):
-            self.median = float(np.median(self.history))
-            self.mad = float(np.median(np.abs(self.history - self.median)))
+            row = self.history[None, :]
+            self.median = float(row_medians(row)[0])
+            self.mad = float(row_medians(np.abs(row - self.median))[0])
 
     def _stats_due(self, count: int) -> bool:
         return count >= self.min_history and (count - self.min_history) % self.stats_every == 0
@@ -371,7 +372,7 @@ class Gap(Detector):
         m = self._missing(x, self.typical)
         self.slots += m + 1
         self.missing += m
-        self.history = np.append(self.history, x)[-self.window :]
+        self.history = np.concatenate((self.history, (x,)))[-self.window :]
         self.typical = self._typical_of(self.history)
 
     def score_learn_many(self, xs: FloatArray) -> FloatArray:
