@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-overlap", type=int, default=16, help="pixels of a box in a patch")
     ap.add_argument("--position-factor", type=float, default=None)
     ap.add_argument("--pool", type=int, default=POOL, help="cells pooled per patch side")
+    ap.add_argument(
+        "--no-difference", action="store_true", help="patch distances alone (no difference imaging)"
+    )
     args = ap.parse_args(argv)
 
     sim = TelescopeSimConfig(
@@ -67,9 +70,16 @@ def main(argv: list[str] | None = None) -> int:
             rest.append(f)
     embedder = PatchEmbedder(args.model)
     pcfg = PipelineConfig(pool=args.pool)
+    if args.no_difference:
+        pcfg = replace(pcfg, difference=None)
     if args.position_factor is not None:
         pcfg = replace(pcfg, position_factor=args.position_factor)
-    out: dict[str, object] = {"seed": args.seed, "frames": len(frames), "model": args.model}
+    out: dict[str, object] = {
+        "seed": args.seed,
+        "frames": len(frames),
+        "model": args.model,
+        "difference": not args.no_difference,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         bank = MemoryBank(BankConfig(uri=f"{tmp}/bank.db", dim=embedder.dim + 2)).open()
         try:

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -69,6 +70,24 @@ class TargetModel:
         )
 
 
+def ensure_record_collection(client: Any, name: str, fields: Callable[[Any], None]) -> None:
+    """Create (if missing) and load a collection of records that are read, never searched.
+
+    ``fields`` adds the record's fields to a new schema; Milvus needs a vector
+    field in every collection, so a 2-value placeholder (flat index) is added.
+    """
+    from pymilvus import DataType, MilvusClient
+
+    if not client.has_collection(name):
+        schema = MilvusClient.create_schema(auto_id=False)
+        fields(schema)
+        schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
+        index = client.prepare_index_params()
+        index.add_index("placeholder", index_type="FLAT", metric_type="L2")
+        client.create_collection(name, schema=schema, index_params=index)
+    client.load_collection(name)
+
+
 class ModelStore:
     """Target models in a Milvus collection, through a ``pymilvus.MilvusClient``.
 
@@ -86,18 +105,13 @@ class ModelStore:
     def _ensure(self) -> None:
         if self._ready:
             return
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import DataType
 
-        c = self._client
-        if not c.has_collection(self._collection):
-            schema = MilvusClient.create_schema(auto_id=False)
+        def fields(schema: Any) -> None:
             schema.add_field("target", DataType.VARCHAR, is_primary=True, max_length=512)
             schema.add_field("model", DataType.VARCHAR, max_length=_MAX_JSON)
-            schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
-            index = c.prepare_index_params()
-            index.add_index("placeholder", index_type="FLAT", metric_type="L2")
-            c.create_collection(self._collection, schema=schema, index_params=index)
-        c.load_collection(self._collection)
+
+        ensure_record_collection(self._client, self._collection, fields)
         self._ready = True
 
     def save(self, model: TargetModel) -> None:

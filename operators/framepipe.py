@@ -9,15 +9,19 @@ and for the ``vigil-frames`` command alike:
   partition per target), then calibrates: every reference frame's patches are
   searched against the bank *without that frame* (leave-one-out), and the
   per-cell scales and the frame threshold are fitted on those distances
-  (:mod:`operators.framescore`). The calibration and the references' image
-  statistics are stored in the bank too, so any process that opens the bank
-  can score.
+  (:mod:`operators.framescore`). It also builds the target's reference image for
+  difference imaging (:mod:`operators.framediff`), whose channel is calibrated
+  the same way (each reference against the median of the others). The
+  calibration, the references' image statistics and the reference image are
+  stored in the bank too, so any process that opens the bank can score.
 * :meth:`~FramePipeline.score` routes an unusable frame away with its reason
   (:mod:`operators.framequality`), else embeds it, sends all its patches in
-  one search restricted to the target's partition and usable conditions, and
-  turns the distances into a score, an anomaly map and boxes.
+  one search restricted to the target's partition and usable conditions,
+  differences it against the reference image, and turns the distances and
+  differences into a score, an anomaly map and boxes.
 * :meth:`~FramePipeline.accept` is the feedback path: a frame a person marked
-  normal joins the bank, so the same thing no longer alerts.
+  normal joins the bank, and each cell's difference scale rises to at least
+  the frame's difference there, so the same thing no longer alerts.
 
 The pipeline holds clients (onnxruntime, Milvus), never Bytewax state.
 
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -45,7 +49,9 @@ from operators.calstore import ModelStore, TargetModel
 from operators.coreset import coreset_indices
 from operators.embedding import PatchEmbedder, PatchFeatures
 from operators.events import IntArray
+from operators.framediff import DiffConfig, ReferenceImage, build_reference
 from operators.framequality import QualityRules, ReferenceStats, unusable_reason
+from operators.framerefs import ReferenceImageStore
 from operators.frames import Frame, ScoredFrame
 from operators.framescore import (
     F32,
@@ -94,6 +100,10 @@ class PipelineConfig:
         position_factor: Position weight in typical same-cell distances.
         conditions: Extra Milvus filter on the references searched (for
             example ``"weather >= 70"``), on top of the target's partition.
+        pool: Model cells pooled per patch side.
+        difference: How frames are differenced against the target's reference
+            image (``None``: patch distances alone). Applies when a target is
+            indexed; scoring follows what the target was indexed with.
 
     """
 
@@ -103,6 +113,7 @@ class PipelineConfig:
     position_factor: float = POSITION_FACTOR
     conditions: str | None = None
     pool: int = POOL
+    difference: DiffConfig | None = field(default_factory=DiffConfig)
 
     def __post_init__(self) -> None:
         if self.pool < 1 or self.max_patches < 1:
@@ -165,8 +176,10 @@ class FramePipeline:
         self.embedder = embedder
         self.bank = bank
         self.store = ModelStore(bank.client)
+        self.images = ReferenceImageStore(bank.client)
         self.cfg = cfg
         self._models: dict[str, TargetModel] = {}
+        self._images: dict[str, ReferenceImage] = {}
         self.retrying = Retrying(
             "milvus",
             retry,
@@ -180,6 +193,7 @@ class FramePipeline:
         """Before another attempt: the bank reloads; the store loads its collection anew."""
         self.bank.recover()
         self.store = ModelStore(self.bank.client)
+        self.images = ReferenceImageStore(self.bank.client)
 
     def model(self, target: str) -> TargetModel | None:
         """The target's calibration, from the cache or the bank; ``None`` before indexing."""
@@ -188,6 +202,15 @@ class FramePipeline:
             cached = self.retrying.call("load calibration", lambda: self.store.load(target))
             if cached is not None:
                 self._models[target] = cached
+        return cached
+
+    def reference_image(self, target: str) -> ReferenceImage | None:
+        """The target's reference image, from the cache or the bank; ``None`` if none."""
+        cached = self._images.get(target)
+        if cached is None:
+            cached = self.retrying.call("load reference image", lambda: self.images.load(target))
+            if cached is not None:
+                self._images[target] = cached
         return cached
 
     def usable(self, frames: Sequence[Frame]) -> tuple[list[Frame], list[tuple[Frame, str]]]:
@@ -231,6 +254,11 @@ class FramePipeline:
         position = position_weight(stack, self.cfg.position_factor)
         vectors = [with_position(p.features, grid, position) for p in feats]
         keep = self._coreset(vectors)
+        image, diff_loo = None, None
+        if self.cfg.difference is not None:
+            image, diff_loo = build_reference(
+                [f.pixels for f in frames], stride, self.cfg.difference
+            )
         loo = self.retrying.call(
             "index", lambda: self._store_references(target, frames, feats, vectors, keep)
         )
@@ -241,7 +269,13 @@ class FramePipeline:
             stride=stride,
             position=position,
             false_alarm_rate=self.cfg.false_alarm_rate,
+            diff_loo=diff_loo,
         )
+        self._images.pop(target, None)
+        if image is not None:
+            saved = image
+            self.retrying.call("save reference image", lambda: self.images.save(target, saved))
+            self._images[target] = image
         model = TargetModel(calibration=cal, reference=ReferenceStats.of(list(frames)))
         self.retrying.call("save calibration", lambda: self.store.save(model))
         self._models[target] = model
@@ -268,6 +302,7 @@ class FramePipeline:
         """
         self.bank.drop_target(target)
         self.store.delete(target)
+        self.images.delete(target)
         for frame, p, v, k in zip(frames, feats, vectors, keep, strict=True):
             gx, gy = _cells(p, k)
             meta = PatchMeta.from_header(frame.header)
@@ -313,9 +348,23 @@ class FramePipeline:
                 frame,
                 f"size: patch grid {feats.grid} differs from the references' {cal.grid}",
             )
+        diff = None
+        if cal.diff_scale is not None:
+            image = self.reference_image(frame.target)
+            if image is None:
+                return _skipped(
+                    frame,
+                    f"no reference image: target {frame.target!r} was calibrated with one; "
+                    "index it again",
+                )
+            if image.shape != frame.shape:
+                return _skipped(
+                    frame, f"size: frame {frame.shape} differs from the references' {image.shape}"
+                )
+            diff = image.cell_max(frame.pixels, cal.stride)
         vectors = with_position(feats.features, cal.grid, cal.position)
         d = self.retrying.call("search", lambda: self._search(frame.target, vectors))
-        result = score_patches(d, cal, shape=frame.shape)
+        result = score_patches(d, cal, shape=frame.shape, diff=diff)
         return ScoredFrame(
             frame=frame,
             score=result.score,
@@ -344,12 +393,23 @@ class FramePipeline:
         vectors = with_position(feats.features, cal.grid, cal.position)
         gx, gy = _cells(feats)
         meta = PatchMeta.from_header(frame.header)
-        return self.retrying.call(
+        added = self.retrying.call(
             "accept",
             lambda: self.bank.add(
                 frame.target, frame.frame_id, vectors, gx.tolist(), gy.tolist(), meta
             ),
         )
+        if cal.diff_scale is not None:
+            image = self.reference_image(frame.target)
+            if image is None or image.shape != frame.shape:
+                msg = f"accept: no reference image of {frame.target!r} for a {frame.shape} frame"
+                raise ValueError(msg)
+            diff = image.cell_max(frame.pixels, cal.stride)
+            raised = replace(cal, diff_scale=np.maximum(cal.diff_scale, diff))
+            model = replace(model, calibration=raised)
+            self.retrying.call("save calibration", lambda: self.store.save(model))
+            self._models[frame.target] = model
+        return added
 
 
 def _skipped(frame: Frame, reason: str) -> ScoredFrame:

@@ -23,6 +23,15 @@ with no constant threshold:
   reference frames' own leave-one-out frame scores (each scaled by cells
   calibrated without it) are fitted with a Gumbel law of maxima, and the
   threshold is its quantile at the chosen false-alarm rate per frame.
+* **Difference channel.** Optionally, each cell also has the largest
+  matched-filtered difference between the frame and the target's reference
+  image (:mod:`operators.framediff`), scaled like the distances by a per-cell
+  quantile of the references' leave-one-out values (never below their median:
+  the channel is in sigmas already, and 20 references give a noisy quantile).
+  The two channels are put on one scale by their own leave-one-out thresholds
+  (the difference is multiplied by the distances' threshold over its own), and
+  a cell scores the larger of the two, so a frame alerts when either channel
+  sees what the references never showed.
 * **Boxes.** Cells above the threshold seed regions that grow through
   neighbouring cells half-way there from their own scale (hysteresis,
   :func:`grow_level`); each region becomes a box in pixels.
@@ -80,6 +89,9 @@ class Calibration:
         threshold: Frame threshold, in cell-scale units.
         loo_scores: Leave-one-out frame scores of the reference frames.
         false_alarm_rate: Per-frame false-alarm rate the threshold was set for.
+        diff_scale: Scale of each cell's difference, ``float32`` (rows * cols,);
+            ``None`` without the difference channel.
+        diff_weight: Factor putting scaled differences on the distances' scale.
 
     """
 
@@ -91,6 +103,8 @@ class Calibration:
     threshold: float
     loo_scores: F32
     false_alarm_rate: float = FALSE_ALARM_RATE
+    diff_scale: F32 | None = None
+    diff_weight: float = 0.0
 
     def to_record(self) -> dict[str, object]:
         """A JSON-ready dict (for the bank's calibration store)."""
@@ -103,6 +117,10 @@ class Calibration:
             "threshold": self.threshold,
             "loo_scores": [round(float(v), 6) for v in self.loo_scores],
             "false_alarm_rate": self.false_alarm_rate,
+            "diff_scale": None
+            if self.diff_scale is None
+            else [round(float(v), 6) for v in self.diff_scale],
+            "diff_weight": self.diff_weight,
         }
 
     @classmethod
@@ -121,6 +139,10 @@ class Calibration:
             threshold=float(str(record["threshold"])),
             loo_scores=np.asarray(record["loo_scores"], dtype=np.float32),
             false_alarm_rate=float(str(record["false_alarm_rate"])),
+            diff_scale=None
+            if record.get("diff_scale") is None
+            else np.asarray(record["diff_scale"], dtype=np.float32),
+            diff_weight=float(str(record.get("diff_weight", 0.0))),
         )
 
 
@@ -186,10 +208,17 @@ def position_weight(features: F32, factor: float = POSITION_FACTOR) -> float:
     return factor * typical if typical > 0.0 else factor
 
 
-def _cell_scale(loo: F32) -> F32:
+def _cell_scale(loo: F32, floor_share: float = SCALE_FLOOR) -> F32:
     scale = np.quantile(loo, CELL_QUANTILE, axis=0).astype(np.float32)
-    floor = SCALE_FLOOR * float(np.median(scale))
+    floor = floor_share * float(np.median(scale))
     return np.maximum(scale, np.float32(max(floor, 1e-12)))
+
+
+def _honest_maxima(loo: F32, floor_share: float) -> F32:
+    """Each reference's cell values in units of cell scales fitted without it."""
+    return np.stack(
+        [loo[i] / _cell_scale(np.delete(loo, i, axis=0), floor_share) for i in range(len(loo))]
+    )
 
 
 def gumbel_threshold(maxima: F32, false_alarm_rate: float) -> float:
@@ -216,8 +245,12 @@ def calibrate(
     stride: int,
     position: float,
     false_alarm_rate: float = FALSE_ALARM_RATE,
+    diff_loo: F32 | None = None,
 ) -> Calibration:
     """Fit cell scales and the frame threshold on leave-one-out distances.
+
+    With ``diff_loo``, the difference channel is calibrated likewise and joins the
+    frame score (see the module docstring).
 
     Args:
         target: The target.
@@ -227,6 +260,8 @@ def calibrate(
         stride: Pixels per cell.
         position: Position weight the bank's vectors were built with.
         false_alarm_rate: Per-frame false-alarm rate of the threshold.
+        diff_loo: ``(references, patches)`` largest difference of each reference
+            frame's cells against the reference image made without it.
 
     Raises:
         ValueError: fewer than 3 reference frames, or a shape mismatch.
@@ -241,10 +276,23 @@ def calibrate(
         raise ValueError(msg)
     loo = loo.astype(np.float32)
     # Each reference's frame score uses cell scales fitted without it (honest maxima).
-    loo_scores = np.array(
-        [float((loo[i] / _cell_scale(np.delete(loo, i, axis=0))).max()) for i in range(m)],
-        dtype=np.float32,
-    )
+    z = _honest_maxima(loo, SCALE_FLOOR)
+    diff_scale, diff_weight = None, 0.0
+    if diff_loo is not None:
+        if diff_loo.shape != loo.shape:
+            msg = (
+                f"calibrate {target!r}: expected differences of shape {loo.shape}, got "
+                f"{diff_loo.shape}"
+            )
+            raise ValueError(msg)
+        diff_loo = diff_loo.astype(np.float32)
+        b = _honest_maxima(diff_loo, 1.0)
+        diff_scale = _cell_scale(diff_loo, 1.0)
+        diff_weight = gumbel_threshold(z.max(axis=1), false_alarm_rate) / gumbel_threshold(
+            b.max(axis=1), false_alarm_rate
+        )
+        z = np.maximum(z, np.float32(diff_weight) * b)
+    loo_scores = z.max(axis=1).astype(np.float32)
     return Calibration(
         target=target,
         grid=grid,
@@ -254,6 +302,8 @@ def calibrate(
         threshold=gumbel_threshold(loo_scores, false_alarm_rate),
         loo_scores=loo_scores,
         false_alarm_rate=false_alarm_rate,
+        diff_scale=diff_scale,
+        diff_weight=diff_weight,
     )
 
 
@@ -298,16 +348,22 @@ def _boxes(z: F32, threshold: float, stride: int, shape: tuple[int, int]) -> tup
     return tuple(sorted(boxes, key=lambda b: -b.score))
 
 
-def score_patches(distances: F32, cal: Calibration, *, shape: tuple[int, int]) -> PatchResult:
-    """Score a frame from its patches' nearest-reference distances.
+def score_patches(
+    distances: F32, cal: Calibration, *, shape: tuple[int, int], diff: F32 | None = None
+) -> PatchResult:
+    """Score a frame from its patches' nearest-reference distances (and differences).
 
     Args:
         distances: ``(patches,)`` distances, in grid order.
         cal: The target's calibration.
         shape: ``(height, width)`` of the frame, for the map and the boxes.
+        diff: ``(patches,)`` largest difference of each cell, when the calibration has
+            the difference channel (``None``: the distances alone, as in a
+            calibration without it; the threshold is the two channels' then).
 
     Raises:
-        ValueError: the distances do not match the calibration's grid.
+        ValueError: the distances or differences do not match the calibration's grid,
+            or ``diff`` is given without the channel's calibration.
 
     """
     rows, cols = cal.grid
@@ -318,6 +374,14 @@ def score_patches(distances: F32, cal: Calibration, *, shape: tuple[int, int]) -
         )
         raise ValueError(msg)
     z = (distances.astype(np.float32) / cal.cell_scale).reshape(rows, cols)
+    if diff is not None and (cal.diff_scale is None or diff.shape != distances.shape):
+        expected = "none (no such channel)" if cal.diff_scale is None else f"{rows * cols}"
+        msg = f"score {cal.target!r}: expected cell differences: {expected}, got {diff.shape}"
+        raise ValueError(msg)
+    if diff is not None and cal.diff_scale is not None:
+        b = diff.astype(np.float32) / cal.diff_scale
+        b *= np.float32(cal.diff_weight)
+        np.maximum(z, b.reshape(rows, cols), out=z)
     block = np.ones((cal.stride, cal.stride), dtype=np.float32)
     full = np.kron(z, block)[: shape[0], : shape[1]]
     anomaly_map = np.zeros(shape, dtype=np.float32)

@@ -197,7 +197,7 @@ class PointStats:
         box = box[:, :-2] + box[:, 1:-1] + box[:, 2:]
         box -= x  # the 8 neighbours' sum
         x -= (SHARP_RATIO / 8.0) * box
-        excess = _cell_max(x, stride) * (1.0 / SHARP_RATIO)
+        excess = cell_max(x, stride) * (1.0 / SHARP_RATIO)
         out = np.zeros((rows * cols, self.DIM), np.float32)
         out[:, 0] = self.sharp_weight * np.log1p(np.maximum(excess, 0.0))
         flux = np.maximum(smoothed - self.point_sigma, 0.0)
@@ -214,7 +214,7 @@ class PointStats:
         return out
 
 
-def _cell_max(x: FloatArray, stride: int) -> FloatArray:
+def cell_max(x: FloatArray, stride: int) -> FloatArray:
     """Largest value of each ``stride``-pixel cell, row-major (edge cells may be smaller)."""
     by_rows = np.maximum.reduceat(x, np.arange(0, x.shape[0], stride), axis=0)
     return np.maximum.reduceat(by_rows, np.arange(0, x.shape[1], stride), axis=1).ravel()

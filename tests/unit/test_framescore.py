@@ -143,3 +143,57 @@ def test_quality_gate_names_each_reason() -> None:
         QualityRules(min_signal=1.5)
     with pytest.raises(ValueError, match="at least one reference"):
         ReferenceStats.of([])
+
+
+def diff_maxima(refs: int = 40, seed: int = 3) -> np.ndarray:
+    # Differences are in sigmas: cell maxima of noise near 2.5-3.5.
+    rng = np.random.default_rng(seed)
+    return (2.8 + 0.35 * rng.standard_normal((refs, GRID[0] * GRID[1]))).astype(np.float32)
+
+
+def test_difference_channel_joins_the_score_on_the_distances_scale() -> None:
+    loo = loo_distances()
+    plain = calibrate("M31", loo, grid=GRID, stride=16, position=2.0)
+    cal = calibrate("M31", loo, grid=GRID, stride=16, position=2.0, diff_loo=diff_maxima())
+    assert cal.diff_scale is not None
+    assert plain.diff_scale is None
+    assert cal.diff_weight > 0.0
+    assert cal.threshold >= plain.threshold * 0.95  # two channels' maxima, one threshold
+    # Never tighter than the median cell: the channel is in sigmas already.
+    raw = np.quantile(diff_maxima(), 0.9, axis=0)
+    assert float(cal.diff_scale.min()) == pytest.approx(float(np.median(raw)), rel=1e-5)
+    assert np.mean(cal.diff_scale == cal.diff_scale.min()) >= 0.5
+    fresh_d, fresh_b = loo_distances(refs=400, seed=4), diff_maxima(refs=400, seed=5)
+    scores = np.array(
+        [
+            score_patches(d, cal, shape=(96, 128), diff=b).score
+            for d, b in zip(fresh_d, fresh_b, strict=True)
+        ]
+    )
+    assert np.mean(scores > cal.threshold) < 0.03
+    # A faint point only the difference sees: distances as usual, one cell 9 sigmas.
+    d = np.median(loo, axis=0)
+    b = np.median(diff_maxima(seed=6), axis=0)
+    b[7] = 9.0
+    result = score_patches(d, cal, shape=(96, 128), diff=b)
+    assert result.score > cal.threshold
+    assert [(x.x0, x.y0) for x in result.boxes] == [(112, 0)]
+    assert score_patches(d, plain, shape=(96, 128)).score < plain.threshold
+    with pytest.raises(ValueError, match="cell differences"):
+        score_patches(d, plain, shape=(96, 128), diff=b)
+    with pytest.raises(ValueError, match="differences of shape"):
+        calibrate("M31", loo, grid=GRID, stride=16, position=2.0, diff_loo=diff_maxima()[:3])
+
+
+def test_calibration_records_keep_the_difference_channel_and_read_old_ones() -> None:
+    cal = calibrate(
+        "M31", loo_distances(), grid=GRID, stride=16, position=2.0, diff_loo=diff_maxima()
+    )
+    back = Calibration.from_record(json.loads(json.dumps(cal.to_record())))
+    assert back.diff_scale is not None
+    assert cal.diff_scale is not None
+    np.testing.assert_allclose(back.diff_scale, cal.diff_scale, rtol=1e-5)
+    assert back.diff_weight == pytest.approx(cal.diff_weight)
+    old = cal.to_record()
+    del old["diff_scale"], old["diff_weight"]
+    assert Calibration.from_record(old).diff_scale is None
