@@ -8,7 +8,9 @@ messages (decode, quality gate, ONNX patch features, one Milvus search of all
 patches, scoring, alert and result records, the Rerun view to an ``.rrd``
 file). Threads are pinned to one (onnxruntime, faiss, BLAS). Prints one JSON
 line per bank size, with the time per frame of each stage measured outside
-the flow on the same frames.
+the flow on the same frames (decode, embed, difference against the target's
+reference image, search, score: the parts of ``FramePipeline.score``; the
+flow adds the quality gate, the records and the Rerun view).
 
 Usage::
 
@@ -47,9 +49,14 @@ from operators.sinks.rerun_frames import FrameRerunSink, FrameViewConfig  # noqa
 
 
 def stage_times(shared: SharedPipeline, values: list[bytes]) -> dict[str, float]:
-    """Milliseconds per frame of each stage, outside the flow."""
+    """Milliseconds per frame of each stage, outside the flow, as ``FramePipeline.score`` does.
+
+    ``difference_ms`` is the difference imaging against the target's reference
+    image (0 when the calibration has no such channel); ``score_ms`` scores the
+    distances together with those differences.
+    """
     pipe = shared.get()
-    t = dict.fromkeys(("decode", "embed", "search", "score"), 0.0)
+    t = dict.fromkeys(("decode", "embed", "difference", "search", "score"), 0.0)
     for v in values:
         t0 = time.perf_counter()
         frame = decode_frame(v)
@@ -59,11 +66,17 @@ def stage_times(shared: SharedPipeline, values: list[bytes]) -> dict[str, float]
         model = pipe.model(frame.target)
         assert model is not None
         cal = model.calibration
-        d = pipe.bank.search(frame.target, with_position(feats.features, cal.grid, cal.position))
+        diff = None
+        if cal.diff_scale is not None:
+            image = pipe.reference_image(frame.target)
+            assert image is not None
+            diff = image.cell_max(frame.pixels, cal.stride)
         t3 = time.perf_counter()
-        score_patches(d[:, 0], cal, shape=frame.shape)
+        d = pipe._search(frame.target, with_position(feats.features, cal.grid, cal.position))
         t4 = time.perf_counter()
-        for key, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        score_patches(d, cal, shape=frame.shape, diff=diff)
+        t5 = time.perf_counter()
+        for key, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             t[key] += dt
     return {f"{k}_ms": round(1000 * v / len(values), 1) for k, v in t.items()}
 
@@ -130,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 **stages,
                 "index_s": round(index_s, 1),
                 "alerts": len(alerts),
+                "difference": pipe.reference_image("M31") is not None,
                 "model": args.model,
                 "pool": args.pool,
                 "patches_per_frame": patches,
