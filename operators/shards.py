@@ -11,8 +11,8 @@ spread over a fixed number of *shards* (``crc32(series) % shards``):
                  stateful step whose state per shard maps series to state
               -> scored batches and dead letters
 
-A shard's state is snapshotted as one pickle (a deep copy that is cheaper
-than ``copy.deepcopy`` and is what Bytewax stores anyway), its numpy arrays
+A shard's snapshot is the pickled state of each of its series, re-pickled
+only for the series that changed since the previous snapshot, numpy arrays
 as plain bytes (:mod:`operators.snapshot`). Each series is still scored
 with its own state and the same functions as the per-series steps of
 :mod:`operators.steps` (its one-reading batches all together,
@@ -46,6 +46,7 @@ from operators.metrics import step_metrics
 from operators.normalize import Normalizer
 from operators.serde import WireFormat
 from operators.singles import Entry, fast_singles_for, score_singles
+from operators.snapshot import PackedStates
 from operators.steps import (
     DetectConfig,
     DetectState,
@@ -159,7 +160,7 @@ class Scorer:
 
 
 class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]):
-    def __init__(self, scorer: Scorer, states: dict[str, SeriesState]) -> None:
+    def __init__(self, scorer: Scorer, states: PackedStates[SeriesState]) -> None:
         self.scorer = scorer
         self.states = states
         self.metrics = step_metrics(scorer.flow_name, "score")
@@ -176,9 +177,7 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
         for item in values:
             for batch in item:
                 events += len(batch)
-                state = states.get(batch.series)
-                if state is None:
-                    state = states[batch.series] = self.scorer.new_state()
+                state = states.use(batch.series)
                 if self.fast_singles and len(batch) == 1:
                     singles.append((state.normalize, state.detect, state.alert, batch))
                     continue
@@ -205,7 +204,29 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
     def snapshot(self) -> bytes:
         # The shard count rides along: resumed with another, series would land on
         # keys that do not hold their state and start afresh.
-        return snap.dumps((self.scorer.shards, self.states))
+        return snap.dumps((self.scorer.shards, self.states.snapshot()))
+
+
+def score_logic(step_id: str, scorer: Scorer, resume: bytes | None) -> _ScoreLogic:
+    """A shard's score logic, fresh or from its snapshot.
+
+    Raises:
+        ValueError: the snapshot was written with another shard count.
+
+    """
+    if resume is None:
+        return _ScoreLogic(scorer, PackedStates(scorer.new_state))
+    shards, states = snap.loads(resume)
+    if shards != scorer.shards:
+        msg = (
+            f"{step_id}: the recovery store was written with VIGIL_SHARDS={shards}, this "
+            f"flow runs with {scorer.shards}; resume with {shards} or start a new store"
+        )
+        raise ValueError(msg)
+    if any(isinstance(v, SeriesState) for v in states.values()):
+        # A store written before series were packed one by one.
+        return _ScoreLogic(scorer, PackedStates(scorer.new_state, live=states))
+    return _ScoreLogic(scorer, PackedStates(scorer.new_state, packed=states))
 
 
 def relax_gc() -> None:
@@ -237,16 +258,7 @@ def score_shards(step_id: str, up: KeyedStream[ShardItem], scorer: Scorer) -> Sc
 
     def builder(resume: bytes | None) -> _ScoreLogic:
         relax_gc()
-        if resume is None:
-            return _ScoreLogic(scorer, {})
-        shards, states = snap.loads(resume)
-        if shards != scorer.shards:
-            msg = (
-                f"{step_id}: the recovery store was written with VIGIL_SHARDS={shards}, this "
-                f"flow runs with {scorer.shards}; resume with {shards} or start a new store"
-            )
-            raise ValueError(msg)
-        return _ScoreLogic(scorer, states)
+        return score_logic(step_id, scorer, resume)
 
     items = op.key_rm("unkey", op.stateful_batch("score", up, builder))
     split = op.branch("split", items, lambda x: isinstance(x, ScoredBatch))
