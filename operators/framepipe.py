@@ -273,9 +273,11 @@ class FramePipeline:
         )
         self._images.pop(target, None)
         if image is not None:
-            saved = image
+            # Scored with the image as the bank keeps it (float16 pixels), so a frame
+            # scores the same before and after a restart that reloads it.
+            saved = ReferenceImage.from_bytes(image.to_bytes())
             self.retrying.call("save reference image", lambda: self.images.save(target, saved))
-            self._images[target] = image
+            self._images[target] = saved
         model = TargetModel(calibration=cal, reference=ReferenceStats.of(list(frames)))
         self.retrying.call("save calibration", lambda: self.store.save(model))
         self._models[target] = model

@@ -84,6 +84,11 @@ def test_bytes_round_trip_gives_the_same_differences() -> None:
     frame = render(7, (0.3, 0.4), 1.2, (60.0, 40.0, 5.0))
     assert (back.shape, back.field, back.cfg) == (ref.shape, ref.field, ref.cfg)
     np.testing.assert_allclose(back.difference(frame), ref.difference(frame), atol=0.05)
+    # What the bank keeps comes back exactly: the pipeline scores with it from the
+    # start, so a frame scores the same before and after a restart reloads it.
+    again = ReferenceImage.from_bytes(back.to_bytes())
+    assert again.to_bytes() == back.to_bytes()
+    assert np.array_equal(again.difference(frame), back.difference(frame))
     with pytest.raises(ValueError, match="expected bytes"):
         ReferenceImage.from_bytes(b"nonsense")
     with pytest.raises(ValueError, match="expected a frame of"):
