@@ -22,7 +22,7 @@ import pytest
 
 from operators.alerting import AlertPolicy
 from operators.events import Alert, DeadLetter, ScoredBatch, SeriesBatch
-from operators.normalize import FixedMinMax, Normalizer, OnlineMinMax
+from operators.normalize import FixedMinMax, Normalizer, OnlineMinMax, RobustScaler
 from operators.shards import Scorer, SeriesState, _ScoreLogic, score_logic
 from operators.steps import DetectConfig
 
@@ -246,6 +246,13 @@ SCORERS = {
     "context": Scorer(
         OnlineMinMax, DetectConfig("context"), AlertPolicy(threshold=0.99, cooldown_s=0.0), "test"
     ),
+    # A normalizer with state of its own (its per-event form on the one-reading path).
+    "robust-z-scaled": Scorer(
+        RobustScaler,
+        DetectConfig("robust-z"),
+        AlertPolicy(threshold=0.99, cooldown_s=2.0),
+        "test",
+    ),
     # The value feature alone.
     "value-only": Scorer(
         fixed,
@@ -329,6 +336,7 @@ def test_snapshot_repickles_only_the_series_that_changed(streams: list[SeriesBat
 def test_one_reading_path_is_taken_where_it_applies() -> None:
     assert score_logic("score", SCORERS["robust-z"], None).fast_singles
     assert score_logic("score", SCORERS["value-only"], None).fast_singles
+    assert score_logic("score", SCORERS["robust-z-scaled"], None).fast_singles
     # The context detector reports parts and listens to the spacing: per series.
     assert not score_logic("score", SCORERS["context"], None).fast_singles
 
