@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -70,25 +69,52 @@ class TargetModel:
         )
 
 
-def ensure_record_collection(client: Any, name: str, fields: Callable[[Any], None]) -> None:
-    """Create (if missing) and load a collection of records that are read, never searched.
+class RecordStore:
+    """Per-target records in a Milvus collection that is read, never searched.
 
-    ``fields`` adds the record's fields to a new schema; Milvus needs a vector
-    field in every collection, so a 2-value placeholder (flat index) is added.
+    Subclasses name their fields (:meth:`_fields`, the target's field among
+    them); Milvus needs a vector field in every collection, so a 2-value
+    placeholder with a flat index is added.
+
+    Args:
+        client: An open ``pymilvus.MilvusClient`` (the bank's).
+        collection: Collection name.
+
     """
-    from pymilvus import DataType, MilvusClient
 
-    if not client.has_collection(name):
-        schema = MilvusClient.create_schema(auto_id=False)
-        fields(schema)
-        schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
-        index = client.prepare_index_params()
-        index.add_index("placeholder", index_type="FLAT", metric_type="L2")
-        client.create_collection(name, schema=schema, index_params=index)
-    client.load_collection(name)
+    def __init__(self, client: Any, collection: str) -> None:
+        self._client = client
+        self._collection = collection
+        self._ready = False
+
+    def _fields(self, schema: Any) -> None:
+        """Add the record's fields to a new collection's schema."""
+        raise NotImplementedError
+
+    def _ensure(self) -> None:
+        """Create the collection if it is missing, and load it (once per store)."""
+        if self._ready:
+            return
+        from pymilvus import DataType, MilvusClient
+
+        c = self._client
+        if not c.has_collection(self._collection):
+            schema = MilvusClient.create_schema(auto_id=False)
+            self._fields(schema)
+            schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
+            index = c.prepare_index_params()
+            index.add_index("placeholder", index_type="FLAT", metric_type="L2")
+            c.create_collection(self._collection, schema=schema, index_params=index)
+        c.load_collection(self._collection)
+        self._ready = True
+
+    def delete(self, target: str) -> None:
+        """Forget the target's records."""
+        self._ensure()
+        self._client.delete(self._collection, filter=f"target == {json.dumps(target)}")
 
 
-class ModelStore:
+class ModelStore(RecordStore):
     """Target models in a Milvus collection, through a ``pymilvus.MilvusClient``.
 
     Args:
@@ -98,21 +124,13 @@ class ModelStore:
     """
 
     def __init__(self, client: Any, collection: str = COLLECTION) -> None:
-        self._client = client
-        self._collection = collection
-        self._ready = False
+        super().__init__(client, collection)
 
-    def _ensure(self) -> None:
-        if self._ready:
-            return
+    def _fields(self, schema: Any) -> None:
         from pymilvus import DataType
 
-        def fields(schema: Any) -> None:
-            schema.add_field("target", DataType.VARCHAR, is_primary=True, max_length=512)
-            schema.add_field("model", DataType.VARCHAR, max_length=_MAX_JSON)
-
-        ensure_record_collection(self._client, self._collection, fields)
-        self._ready = True
+        schema.add_field("target", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("model", DataType.VARCHAR, max_length=_MAX_JSON)
 
     def save(self, model: TargetModel) -> None:
         """Store (or replace) the target's model.
@@ -141,8 +159,3 @@ class ModelStore:
             self._collection, filter=f"target == {json.dumps(target)}", output_fields=["model"]
         )
         return TargetModel.from_json(rows[0]["model"]) if rows else None
-
-    def delete(self, target: str) -> None:
-        """Forget the target's model."""
-        self._ensure()
-        self._client.delete(self._collection, filter=f"target == {json.dumps(target)}")

@@ -21,7 +21,7 @@ import base64
 import json
 from typing import Any
 
-from operators.calstore import ensure_record_collection
+from operators.calstore import RecordStore
 from operators.framediff import ReferenceImage
 
 #: Name of the collection of reference images.
@@ -36,7 +36,7 @@ def split_text(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-class ReferenceImageStore:
+class ReferenceImageStore(RecordStore):
     """Reference images in a Milvus collection, through a ``pymilvus.MilvusClient``.
 
     Args:
@@ -46,23 +46,15 @@ class ReferenceImageStore:
     """
 
     def __init__(self, client: Any, collection: str = COLLECTION) -> None:
-        self._client = client
-        self._collection = collection
-        self._ready = False
+        super().__init__(client, collection)
 
-    def _ensure(self) -> None:
-        if self._ready:
-            return
+    def _fields(self, schema: Any) -> None:
         from pymilvus import DataType
 
-        def fields(schema: Any) -> None:
-            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=600)
-            schema.add_field("target", DataType.VARCHAR, max_length=512)
-            schema.add_field("chunk", DataType.INT64)
-            schema.add_field("data", DataType.VARCHAR, max_length=CHUNK)
-
-        ensure_record_collection(self._client, self._collection, fields)
-        self._ready = True
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=600)
+        schema.add_field("target", DataType.VARCHAR, max_length=512)
+        schema.add_field("chunk", DataType.INT64)
+        schema.add_field("data", DataType.VARCHAR, max_length=CHUNK)
 
     def save(self, target: str, image: ReferenceImage) -> None:
         """Store (or replace) the target's reference image.
@@ -118,8 +110,3 @@ class ReferenceImageStore:
             )
             raise ValueError(msg)
         return ReferenceImage.from_bytes(base64.b64decode("".join(r["data"] for r in rows)))
-
-    def delete(self, target: str) -> None:
-        """Forget the target's reference image."""
-        self._ensure()
-        self._client.delete(self._collection, filter=f"target == {json.dumps(target)}")
