@@ -78,13 +78,15 @@ class RecordStore:
 
     Args:
         client: An open ``pymilvus.MilvusClient`` (the bank's).
-        collection: Collection name.
+        collection: Collection name (default: the class's ``collection``).
 
     """
 
-    def __init__(self, client: Any, collection: str) -> None:
+    collection = ""
+
+    def __init__(self, client: Any, collection: str | None = None) -> None:
         self._client = client
-        self._collection = collection
+        self._collection = collection or self.collection
         self._ready = False
 
     def _fields(self, schema: Any) -> None:
@@ -115,16 +117,9 @@ class RecordStore:
 
 
 class ModelStore(RecordStore):
-    """Target models in a Milvus collection, through a ``pymilvus.MilvusClient``.
+    """Target models (calibration and reference statistics), one row a target."""
 
-    Args:
-        client: An open ``MilvusClient`` (the bank's).
-        collection: Collection name.
-
-    """
-
-    def __init__(self, client: Any, collection: str = COLLECTION) -> None:
-        super().__init__(client, collection)
+    collection = COLLECTION
 
     def _fields(self, schema: Any) -> None:
         from pymilvus import DataType

@@ -37,16 +37,9 @@ def split_text(text: str, size: int) -> list[str]:
 
 
 class ReferenceImageStore(RecordStore):
-    """Reference images in a Milvus collection, through a ``pymilvus.MilvusClient``.
+    """Reference images, in rows of base64 text chunks keyed by target and chunk number."""
 
-    Args:
-        client: An open ``MilvusClient`` (the bank's).
-        collection: Collection name.
-
-    """
-
-    def __init__(self, client: Any, collection: str = COLLECTION) -> None:
-        super().__init__(client, collection)
+    collection = COLLECTION
 
     def _fields(self, schema: Any) -> None:
         from pymilvus import DataType
