@@ -24,8 +24,14 @@ empty)``; the ``*_with_startup`` figures are the medians of ``events / run``.
 ``ratio`` is ``flow_eps / raw_consume_eps``. The run fails unless the raw consumer
 counts every produced message and the flow's Rerun sink logs every reading.
 ``peak_rss_mib`` is the largest peak resident memory of a flow process (``wait4``
-rusage). ``--processes P`` starts P Bytewax processes of one worker each on
-loopback ports. One JSON object per series count is printed::
+rusage). On a shared machine the wall-clock rates move with the load; the CPU
+seconds move less: ``flow_cpu_us`` is the flow processes' CPU (user + system,
+``wait4`` rusage) per event, median run minus median empty run, ``raw_cpu_us``
+the raw consumer's (this process's CPU over its run, librdkafka's threads
+included) likewise, and ``cpu_ratio`` is ``raw_cpu_us / flow_cpu_us``: the share
+of one core's raw reading speed the flow would reach if both ran alone.
+``--processes P`` starts P Bytewax processes of one worker each on loopback ports.
+One JSON object per series count is printed::
 
     .venv/bin/python benchmarks/throughput.py --events 300000 --series 10 --partitions 4
     .venv/bin/python benchmarks/throughput.py --series 10,10000,100000
@@ -206,23 +212,28 @@ def flow_log(work: Path, topic: str) -> str:
 
 def wait_flow(
     procs: list[subprocess.Popen[bytes]], work: Path, topic: str, *, check: bool = True
-) -> float:
-    """Wait for every process of the flow to exit; returns the largest peak RSS in MiB.
+) -> tuple[float, float]:
+    """Wait for every process of the flow to exit.
+
+    Returns:
+        The largest peak RSS in MiB, and the CPU seconds (user + system) of all.
 
     Raises:
         RuntimeError: with ``check``, when a process exited non-zero.
 
     """
     peak = 0.0
+    cpu = 0.0
     for proc in procs:
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         peak = max(peak, usage.ru_maxrss / 1024)  # KiB on Linux
+        cpu += usage.ru_utime + usage.ru_stime
     codes = [proc.returncode for proc in procs]
     if check and any(codes):
         log = flow_log(work, topic)
         raise RuntimeError(f"flow on {topic!r} exited with {codes}:\n{log[-3000:]}")
-    return peak
+    return peak, cpu
 
 
 def throughput(
@@ -240,25 +251,34 @@ def throughput(
     empty_s: list[float] = []
     flow_s: list[float] = []
     rss: list[float] = []
+    cpu: dict[str, list[float]] = {"raw": [], "raw_empty": [], "flow": [], "empty": []}
     for i in range(args.repeats):
+        before = time.process_time()
         _, seconds = raw_consume(broker.bootstrap, empty, args.partitions)
+        cpu["raw_empty"].append(time.process_time() - before)
         raw_empty_s.append(seconds)
+        before = time.process_time()
         count, seconds = raw_consume(broker.bootstrap, topic, args.partitions)
+        cpu["raw"].append(time.process_time() - before)
         if count != produced:
             msg = f"{topic!r} holds {count} of {produced} messages: lower --events"
             raise RuntimeError(msg)
         raw_s.append(seconds)
-        seconds, _, _ = run_flow_on(broker, empty, f"r{i}", args, work)
+        seconds, _, _, flow_cpu = run_flow_on(broker, empty, f"r{i}", args, work)
         empty_s.append(seconds)
-        seconds, peak, logged = run_flow_on(broker, topic, f"r{i}", args, work)
+        cpu["empty"].append(flow_cpu)
+        seconds, peak, logged, flow_cpu = run_flow_on(broker, topic, f"r{i}", args, work)
         if logged != produced:
             raise RuntimeError(f"the flow's Rerun sink logged {logged} of {produced} readings")
         flow_s.append(seconds)
+        cpu["flow"].append(flow_cpu)
         rss.append(peak)
     alerts = read_values(broker.bootstrap, f"{topic}-r0-alerts")
     dead = read_values(broker.bootstrap, f"{topic}-r0-dlq")
     raw_eps = steady_rate(produced, raw_s, raw_empty_s)
     flow_eps = steady_rate(produced, flow_s, empty_s)
+    raw_cpu = per_event_us(produced, cpu["raw"], cpu["raw_empty"])
+    flow_cpu = per_event_us(produced, cpu["flow"], cpu["empty"])
     return {
         "raw_consume_eps": raw_eps,
         "flow_eps": flow_eps,
@@ -277,9 +297,18 @@ def throughput(
         "empty_s": [round(s, 3) for s in empty_s],
         "flow_s": [round(s, 3) for s in flow_s],
         "peak_rss_mib": round(max(rss), 1),
+        "raw_cpu_us": raw_cpu,
+        "flow_cpu_us": flow_cpu,
+        "cpu_ratio": round(raw_cpu / flow_cpu, 4) if raw_cpu and flow_cpu else None,
         "alerts": len(alerts),
         "dead_letters": len(dead),
     }
+
+
+def per_event_us(events: int, runs: list[float], startups: list[float]) -> float | None:
+    """CPU microseconds an event: ``(median run - median start-up) / events``."""
+    steady = statistics.median(runs) - statistics.median(startups)
+    return round(steady / events * 1e6, 3) if steady > 0 else None
 
 
 def steady_rate(events: int, runs: list[float], startups: list[float]) -> int | None:
@@ -290,11 +319,12 @@ def steady_rate(events: int, runs: list[float], startups: list[float]) -> int | 
 
 def run_flow_on(
     broker: MockKafkaBroker, topic: str, run: str, args: argparse.Namespace, work: Path
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int, float]:
     """Run the flow to the end of ``topic``, writing to ``<topic>-<run>-alerts`` and ``-dlq``.
 
     Returns:
-        Seconds from start to exit, peak resident MiB, readings the Rerun sink logged.
+        Seconds from start to exit, peak resident MiB, readings the Rerun sink
+        logged, CPU seconds of the flow's processes.
 
     """
     alerts, dlq = f"{topic}-{run}-alerts", f"{topic}-{run}-dlq"
@@ -305,9 +335,9 @@ def run_flow_on(
     env["VIGIL_KAFKA_DLQ_TOPIC"] = dlq
     env["VIGIL_RERUN_PATH"] = str(work / f"{topic}-{run}.rrd")
     started = time.perf_counter()
-    peak = wait_flow(start_flow(env, work, args.processes), work, topic)
+    peak, cpu = wait_flow(start_flow(env, work, args.processes), work, topic)
     elapsed = time.perf_counter() - started
-    return elapsed, peak, sum(int(n) for n in LOGGED.findall(flow_log(work, topic)))
+    return elapsed, peak, sum(int(n) for n in LOGGED.findall(flow_log(work, topic))), cpu
 
 
 def read_messages(bootstrap: str, topic: str) -> Iterator[tuple[bytes, int]]:
@@ -378,7 +408,7 @@ def latency(broker: MockKafkaBroker, work: Path, args: argparse.Namespace) -> di
     for proc in procs:
         proc.send_signal(signal.SIGINT)  # the flow stops and closes its sinks
     # An interrupted Bytewax run exits non-zero; what it processed is in its log.
-    peak = wait_flow(procs, work, topic, check=False)
+    peak, _cpu = wait_flow(procs, work, topic, check=False)
     processed = sum(int(n) for n in LOGGED.findall(flow_log(work, topic)))
 
     lat: list[float] = []
