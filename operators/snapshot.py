@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -117,14 +117,6 @@ class PackedStates(Generic[S]):
         self.live: dict[str, S] = dict(live or {})
         self._changed: set[str] = set(self.live)
         self._pack = Packer()
-
-    def __len__(self) -> int:
-        return len(self.packed.keys() | self.live.keys())
-
-    def __iter__(self) -> Iterator[str]:
-        """Every series, live ones first."""
-        yield from self.live
-        yield from (k for k in self.packed if k not in self.live)
 
     def use(self, key: str) -> S:
         """The series' live state, to be changed: it is pickled at the next snapshot."""
