@@ -13,6 +13,9 @@ by default; the server listens on every interface, 0.0.0.0).
 - ``vigil_alerts_total{flow, severity}``: alerts raised.
 - ``vigil_consumer_lag_messages{topic, partition}``: messages of a Kafka partition
   the flow has not read yet.
+- ``vigil_series{flow, held}``: series the score steps of this process hold, as
+  live state (``held="live"``: used in the current or the previous epoch) or as
+  their snapshot's bytes alone (``held="bytes"``), updated at each snapshot.
 
 A hot-path step binds its labels once with :func:`step_metrics` and calls
 :meth:`StepMetrics.observe` once per batch (:func:`observe_step` does both, at the
@@ -81,6 +84,11 @@ CONSUMER_LAG = Gauge(
     "vigil_consumer_lag_messages",
     "Messages of a Kafka partition the flow has not read yet (high watermark - next offset).",
     ["topic", "partition"],
+)
+SERIES = Gauge(
+    "vigil_series",
+    "Series the score steps of this process hold, as live state or as snapshot bytes alone.",
+    ["flow", "held"],
 )
 #: Seconds of wall clock between two updates of a partition's lag.
 LAG_INTERVAL_S = 1.0
@@ -257,3 +265,32 @@ class Progress:
                 self.events / elapsed if elapsed > 0 else 0.0,
                 self.dead_letters,
             )
+
+
+#: Per flow, each shard's (live, bytes-only) series, by the id of its reporter.
+_SERIES_COUNTS: dict[str, dict[int, tuple[int, int]]] = {}
+
+
+class SeriesCount:
+    """Feeds ``vigil_series``: each shard reports its own counts, the gauge shows the sums.
+
+    Example:
+        >>> a, b = SeriesCount("doc"), SeriesCount("doc")
+        >>> a.set(live=3, packed_only=10)
+        >>> b.set(live=1, packed_only=0)
+        >>> SERIES.labels(flow="doc", held="live")._value.get()
+        4.0
+
+    """
+
+    def __init__(self, flow: str) -> None:
+        self.flow = flow
+        self._live = SERIES.labels(flow=flow, held="live")
+        self._bytes = SERIES.labels(flow=flow, held="bytes")
+
+    def set(self, *, live: int, packed_only: int) -> None:
+        """Report the shard's series: ``live`` states, ``packed_only`` held as bytes alone."""
+        counts = _SERIES_COUNTS.setdefault(self.flow, {})
+        counts[id(self)] = (live, packed_only)
+        self._live.set(sum(c[0] for c in counts.values()))
+        self._bytes.set(sum(c[1] for c in counts.values()))

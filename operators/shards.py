@@ -42,7 +42,7 @@ from operators import snapshot as snap
 from operators.alerting import AlertPolicy, AlertState
 from operators.detectors import make_detector
 from operators.events import DeadLetter, RawBatch, ScoredBatch, SeriesBatch
-from operators.metrics import step_metrics
+from operators.metrics import SeriesCount, step_metrics
 from operators.normalize import Normalizer
 from operators.serde import WireFormat
 from operators.singles import Entry, fast_singles_for, score_singles
@@ -164,6 +164,7 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
         self.scorer = scorer
         self.states = states
         self.metrics = step_metrics(scorer.flow_name, "score")
+        self.series = SeriesCount(scorer.flow_name)
         self.fast_singles = fast_singles_for(new_detect_state(scorer.detect).value)
 
     def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[ScoredBatch | DeadLetter], bool]:
@@ -204,7 +205,10 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
     def snapshot(self) -> bytes:
         # The shard count rides along: resumed with another, series would land on
         # keys that do not hold their state and start afresh.
-        return snap.dumps((self.scorer.shards, self.states.snapshot()))
+        packed = self.states.snapshot()
+        live = len(self.states.live)
+        self.series.set(live=live, packed_only=len(packed) - live)
+        return snap.dumps((self.scorer.shards, packed))
 
 
 def score_logic(step_id: str, scorer: Scorer, resume: bytes | None) -> _ScoreLogic:

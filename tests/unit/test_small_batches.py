@@ -13,6 +13,7 @@ vectorised route throughout.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from operators import metrics
 from operators.alerting import AlertPolicy
 from operators.events import Alert, DeadLetter, ScoredBatch, SeriesBatch
 from operators.normalize import FixedMinMax, Normalizer, OnlineMinMax, RobustScaler
@@ -320,7 +322,7 @@ def test_shard_step_resumed_from_its_snapshots_equals_one_batch(
 
 
 def test_snapshot_repickles_only_the_series_that_changed(streams: list[SeriesBatch]) -> None:
-    logic = score_logic("score", SCORERS["robust-z"], None)
+    logic = score_logic("score", dataclasses.replace(SCORERS["robust-z"], flow_name="held"), None)
     logic.on_batch([tuple(piece(s, 0, 5) for s in streams)])
     logic.snapshot()
     before = dict(logic.states.packed)
@@ -331,6 +333,8 @@ def test_snapshot_repickles_only_the_series_that_changed(streams: list[SeriesBat
     assert after["b"] is before["b"]
     assert after["c"] is before["c"]
     assert sorted(logic.states.live) == ["a"]  # b and c are held as bytes alone
+    assert metrics.SERIES.labels(flow="held", held="live")._value.get() == 1
+    assert metrics.SERIES.labels(flow="held", held="bytes")._value.get() == 2
 
 
 def test_one_reading_path_is_taken_where_it_applies() -> None:
