@@ -14,6 +14,7 @@ vectorised route throughout.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -154,11 +155,15 @@ def run_shard(
     streams: list[SeriesBatch],
     sizes: Callable[[], Iterator[int]],
     resume_every: int = 0,
+    *,
+    plain_pickles: bool = False,
 ) -> Run:
     """As :func:`run`, through the shard step: each round of pieces is one shard item.
 
     With ``resume_every``, the step is snapshotted every that many rounds and
-    the rest runs on a logic resumed from the snapshot, as after a restart.
+    the rest runs on a logic resumed from the snapshot, as after a restart; with
+    ``plain_pickles`` the snapshot is written as before series were packed one
+    by one (one pickle of every series' state), as a store of that version holds.
     """
     logic = score_logic("score", scorer, None)
     plans = {s.series: cuts(len(s), sizes()) for s in streams}
@@ -173,7 +178,12 @@ def run_shard(
         assert retain == _ScoreLogic.RETAIN
         out.extend(items)
         if resume_every and step % resume_every == resume_every - 1:
-            logic = score_logic("score", scorer, logic.snapshot())
+            if plain_pickles:
+                every = {s.series: logic.states.state(s.series) for s in streams}
+                data = pickle.dumps((scorer.shards, every), protocol=pickle.HIGHEST_PROTOCOL)
+            else:
+                data = logic.snapshot()
+            logic = score_logic("score", scorer, data)
     columns: dict[str, list[Any]] = {
         k: [] for k in ("ts_ms", "values", "labels", "raw_scores", "scores", "alerted")
     }
@@ -319,6 +329,14 @@ def test_shard_step_resumed_from_its_snapshots_equals_one_batch(
     # series whose live state was let go, picked up again from their bytes.
     scorer, want = scorer_and_reference
     assert_same(run_shard(scorer, streams, lambda: mixed(11), resume_every=7), want)
+
+
+def test_a_store_of_the_previous_format_resumes(
+    scorer_and_reference: tuple[Scorer, Run], streams: list[SeriesBatch]
+) -> None:
+    scorer, want = scorer_and_reference
+    got = run_shard(scorer, streams, lambda: repeat(97), resume_every=3, plain_pickles=True)
+    assert_same(got, want)
 
 
 def test_snapshot_repickles_only_the_series_that_changed(streams: list[SeriesBatch]) -> None:
