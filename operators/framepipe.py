@@ -40,8 +40,9 @@ then replays the frames not yet written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -66,6 +67,8 @@ from operators.membank import MemoryBank, PatchMeta, unavailable
 from operators.retry import Retrying, RetryPolicy
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Patches kept per target at most (the coreset subsamples beyond).
 MAX_PATCHES = 200_000
@@ -197,21 +200,22 @@ class FramePipeline:
 
     def model(self, target: str) -> TargetModel | None:
         """The target's calibration, from the cache or the bank; ``None`` before indexing."""
-        cached = self._models.get(target)
-        if cached is None:
-            cached = self.retrying.call("load calibration", lambda: self.store.load(target))
-            if cached is not None:
-                self._models[target] = cached
-        return cached
+        return self._cached(self._models, target, "load calibration", self.store.load)
 
     def reference_image(self, target: str) -> ReferenceImage | None:
         """The target's reference image, from the cache or the bank; ``None`` if none."""
-        cached = self._images.get(target)
-        if cached is None:
-            cached = self.retrying.call("load reference image", lambda: self.images.load(target))
-            if cached is not None:
-                self._images[target] = cached
-        return cached
+        return self._cached(self._images, target, "load reference image", self.images.load)
+
+    def _cached(
+        self, cache: dict[str, T], target: str, what: str, load: Callable[[str], T | None]
+    ) -> T | None:
+        """``cache[target]``, else what ``load`` finds in the bank (retried), kept if found."""
+        found = cache.get(target)
+        if found is None:
+            found = self.retrying.call(what, lambda: load(target))
+            if found is not None:
+                cache[target] = found
+        return found
 
     def usable(self, frames: Sequence[Frame]) -> tuple[list[Frame], list[tuple[Frame, str]]]:
         """Split frames into usable ones and unusable ones with their reasons (header rules)."""
