@@ -87,6 +87,11 @@ class AlertState:
     last_alert_ms: int | None = None
     recent: FloatArray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
 
+    def note_ordinary(self, values: FloatArray) -> None:
+        """Readings below the threshold: they end a run of hot ones and join the expected range."""
+        self.above = 0
+        self.recent = np.concatenate((self.recent, values))[-RECENT_WINDOW:]
+
 
 def _reason(det: DetectedBatch, i: int, recent: FloatArray) -> str:
     feature = det.feature_names[int(det.features[i])]
@@ -169,8 +174,7 @@ def apply_policy(policy: AlertPolicy, state: AlertState, det: DetectedBatch) -> 
         state.recent = np.concatenate((recent, tail))[-RECENT_WINDOW:]
     else:
         alerted = hot  # all False: nothing hot, nothing alerted
-        state.above = 0
-        state.recent = np.concatenate((state.recent, batch.values))[-RECENT_WINDOW:]
+        state.note_ordinary(batch.values)
     return ScoredBatch(
         series=batch.series,
         ts_ms=batch.ts_ms,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.alerting import RECENT_WINDOW, AlertPolicy, AlertState
+from operators.alerting import AlertPolicy, AlertState
 from operators.calibrate import calibrate
 from operators.detectors import Detector
 from operators.detectors.robust import Flatline, Gap
@@ -165,8 +165,7 @@ def _decide(
             out.append(alert_counted(policy, d.alert, det, flow_name))
             continue
         # An ordinary reading: what apply_policy does with one, without its arrays.
-        d.alert.above = 0
-        d.alert.recent = np.concatenate((d.alert.recent, d.batch.values))[-RECENT_WINDOW:]
+        d.alert.note_ordinary(d.batch.values)
         out.append(
             ScoredBatch(
                 series=d.batch.series,
