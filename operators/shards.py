@@ -35,11 +35,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators import snapshot as snap
 from operators.alerting import AlertPolicy, AlertState
+from operators.columns import ColumnSnapshot, ColumnSpec, SeriesColumns
 from operators.detectors import make_detector
 from operators.events import DeadLetter, RawBatch, ScoredBatch, SeriesBatch
 from operators.metrics import SeriesCount, step_metrics
@@ -211,14 +213,86 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
         return snap.dumps((self.scorer.shards, packed))
 
 
-def score_logic(step_id: str, scorer: Scorer, resume: bytes | None) -> _ScoreLogic:
+class _ColumnLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]):
+    """The score step on a columnar store (:mod:`operators.columns`)."""
+
+    def __init__(self, scorer: Scorer, states: SeriesColumns) -> None:
+        self.scorer = scorer
+        self.states = states
+        self.metrics = step_metrics(scorer.flow_name, "score")
+        self.series = SeriesCount(scorer.flow_name)
+
+    def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[ScoredBatch | DeadLetter], bool]:
+        started = time.perf_counter()
+        out: list[ScoredBatch | DeadLetter] = []
+        states = self.states
+        events = 0
+        # One-reading batches of distinct series make a round, scored together; a
+        # series met again (or with a longer batch) first lets the round through,
+        # so each series keeps its order.
+        rows: list[int] = []
+        batches: list[SeriesBatch] = []
+        taken: set[int] = set()
+        for item in values:
+            for batch in item:
+                events += len(batch)
+                row = states.row(batch.series)
+                if row in taken:
+                    out.extend(self._round(rows, batches))
+                    rows, batches, taken = [], [], set()
+                if len(batch) == 1:
+                    rows.append(row)
+                    batches.append(batch)
+                    taken.add(row)
+                    continue
+                out.extend(self._per_series(row, batch))
+        if rows:
+            out.extend(self._round(rows, batches))
+        scored = sum(len(x) for x in out if isinstance(x, ScoredBatch))
+        self.metrics.observe(events, scored, time.perf_counter() - started)
+        return out, StatefulBatchLogic.RETAIN
+
+    def _round(self, rows: list[int], batches: list[SeriesBatch]) -> list[ScoredBatch | DeadLetter]:
+        states = self.states
+        for row in rows:
+            if row in states.live:  # its objects hold the latest state: back into the row
+                states.settle(row)
+        done = states.score_round(np.array(rows, dtype=np.int64), batches, self._per_series)
+        return [x for each in done for x in each]
+
+    def _per_series(self, row: int, batch: SeriesBatch) -> list[ScoredBatch | DeadLetter]:
+        """The per-series functions on the row's state as objects (kept live)."""
+        return self.scorer.score(self.states.live_state(row), batch)
+
+    def snapshot(self) -> bytes:
+        self.series.set(live=len(self.states), packed_only=0)
+        return snap.dumps((self.scorer.shards, self.states.snapshot()))
+
+
+ScoreLogic = _ScoreLogic | _ColumnLogic
+
+
+def score_logic(step_id: str, scorer: Scorer, resume: bytes | None) -> ScoreLogic:
     """A shard's score logic, fresh or from its snapshot.
 
+    Settings whose state is all numbers (:class:`~operators.columns.ColumnSpec`)
+    keep it in columns; others keep an object per series. A store written with
+    objects resumes in columns when every series' state fits them.
+
     Raises:
-        ValueError: the snapshot was written with another shard count.
+        ValueError: the snapshot was written with another shard count, or in
+            columns with other settings.
 
     """
+    spec = ColumnSpec.of(scorer.make_normalizer, scorer.detect)
+
+    def columns() -> SeriesColumns:
+        assert spec is not None
+        return SeriesColumns(spec, scorer.policy, scorer.flow_name)
+
     if resume is None:
+        if spec is not None:
+            return _ColumnLogic(scorer, columns())
         return _ScoreLogic(scorer, PackedStates(scorer.new_state))
     shards, states = snap.loads(resume)
     if shards != scorer.shards:
@@ -227,6 +301,22 @@ def score_logic(step_id: str, scorer: Scorer, resume: bytes | None) -> _ScoreLog
             f"flow runs with {scorer.shards}; resume with {shards} or start a new store"
         )
         raise ValueError(msg)
+    if isinstance(states, ColumnSnapshot):
+        store = None if spec is None else columns()
+        if store is None or not store.restore(states):
+            msg = (
+                f"{step_id}: the recovery store was written with other normalizer or detector "
+                "settings than this flow's; resume with those settings or start a new store"
+            )
+            raise ValueError(msg)
+        return _ColumnLogic(scorer, store)
+    if spec is not None:
+        store = columns()
+        loaded = (
+            (k, v if isinstance(v, SeriesState) else snap.loads(v)) for k, v in states.items()
+        )
+        if all(store.put(k, v) for k, v in loaded):
+            return _ColumnLogic(scorer, store)
     if any(isinstance(v, SeriesState) for v in states.values()):
         # A store written before series were packed one by one.
         return _ScoreLogic(scorer, PackedStates(scorer.new_state, live=states))
@@ -260,7 +350,7 @@ def score_shards(step_id: str, up: KeyedStream[ShardItem], scorer: Scorer) -> Sc
     scorer.policy.validate()
     make_detector(scorer.detect.detector, dict(scorer.detect.options))  # fail at build time
 
-    def builder(resume: bytes | None) -> _ScoreLogic:
+    def builder(resume: bytes | None) -> ScoreLogic:
         relax_gc()
         return score_logic(step_id, scorer, resume)
 

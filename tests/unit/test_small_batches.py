@@ -26,7 +26,8 @@ from operators import metrics
 from operators.alerting import AlertPolicy
 from operators.events import Alert, DeadLetter, ScoredBatch, SeriesBatch
 from operators.normalize import FixedMinMax, Normalizer, OnlineMinMax, RobustScaler
-from operators.shards import Scorer, SeriesState, _ScoreLogic, score_logic
+from operators.columns import FIRST_ROWS
+from operators.shards import Scorer, SeriesState, _ColumnLogic, _ScoreLogic, score_logic
 from operators.steps import DetectConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -156,31 +157,41 @@ def run_shard(
     sizes: Callable[[], Iterator[int]],
     resume_every: int = 0,
     *,
-    plain_pickles: bool = False,
+    old_format: str = "",
+    group: int = 1,
 ) -> Run:
     """As :func:`run`, through the shard step: each round of pieces is one shard item.
 
     With ``resume_every``, the step is snapshotted every that many rounds and
-    the rest runs on a logic resumed from the snapshot, as after a restart; with
-    ``plain_pickles`` the snapshot is written as before series were packed one
-    by one (one pickle of every series' state), as a store of that version holds.
+    the rest runs on a logic resumed from the snapshot, as after a restart. With
+    ``old_format`` the snapshot is written as an earlier version wrote it:
+    ``"objects"``, one pickle of every series' state; ``"packed"``, each
+    series' state pickled on its own. ``group`` items go to each call of the
+    step, so a series can come more than once in one call.
     """
     logic = score_logic("score", scorer, None)
     plans = {s.series: cuts(len(s), sizes()) for s in streams}
     out: list[ScoredBatch | DeadLetter] = []
-    for step in range(max(len(p) for p in plans.values())):
-        item = tuple(
-            piece(stream, *plans[stream.series][step])
-            for stream in streams
-            if step < len(plans[stream.series])
-        )
-        items, retain = logic.on_batch([item])
+    steps = max(len(p) for p in plans.values())
+    for first in range(0, steps, group):
+        items = [
+            tuple(
+                piece(stream, *plans[stream.series][step])
+                for stream in streams
+                if step < len(plans[stream.series])
+            )
+            for step in range(first, min(first + group, steps))
+        ]
+        scored, retain = logic.on_batch(items)
         assert retain == _ScoreLogic.RETAIN
-        out.extend(items)
-        if resume_every and step % resume_every == resume_every - 1:
-            if plain_pickles:
-                every = {s.series: logic.states.state(s.series) for s in streams}
+        out.extend(scored)
+        if resume_every and first // group % resume_every == resume_every - 1:
+            every = {s.series: logic.states.state(s.series) for s in streams}
+            if old_format == "objects":
                 data = pickle.dumps((scorer.shards, every), protocol=pickle.HIGHEST_PROTOCOL)
+            elif old_format == "packed":
+                packed = {k: pickle.dumps(v) for k, v in every.items()}
+                data = pickle.dumps((scorer.shards, packed), protocol=pickle.HIGHEST_PROTOCOL)
             else:
                 data = logic.snapshot()
             logic = score_logic("score", scorer, data)
@@ -331,16 +342,65 @@ def test_shard_step_resumed_from_its_snapshots_equals_one_batch(
     assert_same(run_shard(scorer, streams, lambda: mixed(11), resume_every=7), want)
 
 
-def test_a_store_of_the_previous_format_resumes(
-    scorer_and_reference: tuple[Scorer, Run], streams: list[SeriesBatch]
+@pytest.mark.parametrize("old_format", ["objects", "packed"])
+def test_a_store_of_a_previous_format_resumes(
+    scorer_and_reference: tuple[Scorer, Run], streams: list[SeriesBatch], old_format: str
 ) -> None:
     scorer, want = scorer_and_reference
-    got = run_shard(scorer, streams, lambda: repeat(97), resume_every=3, plain_pickles=True)
+    got = run_shard(scorer, streams, lambda: repeat(97), resume_every=3, old_format=old_format)
     assert_same(got, want)
 
 
+@pytest.mark.parametrize("sizes", [lambda: repeat(1), lambda: mixed(5)], ids=["ones", "mixed"])
+def test_a_series_twice_in_one_call_keeps_its_order(
+    scorer_and_reference: tuple[Scorer, Run],
+    streams: list[SeriesBatch],
+    sizes: Callable[[], Iterator[int]],
+) -> None:
+    # Five rounds of pieces per call: each series comes five times, in order.
+    scorer, want = scorer_and_reference
+    assert_same(run_shard(scorer, streams, sizes, group=5, resume_every=4), want)
+
+
+def test_columns_hold_the_number_only_settings() -> None:
+    # A fixed normalizer and robust-z: columns; a normalizer or detector that
+    # keeps more than numbers (a window of its own, parts): objects per series.
+    assert isinstance(score_logic("score", SCORERS["robust-z"], None), _ColumnLogic)
+    assert isinstance(score_logic("score", SCORERS["value-only"], None), _ColumnLogic)
+    assert isinstance(score_logic("score", SCORERS["robust-z-scaled"], None), _ScoreLogic)
+    assert isinstance(score_logic("score", SCORERS["context"], None), _ScoreLogic)
+
+
+def test_columns_resumed_with_other_settings_is_an_error(streams: list[SeriesBatch]) -> None:
+    logic = score_logic("score", SCORERS["robust-z"], None)
+    logic.on_batch([tuple(piece(s, 0, 5) for s in streams)])
+    data = logic.snapshot()
+    other = dataclasses.replace(
+        SCORERS["robust-z"], detect=DetectConfig("robust-z", options=(("window", 60),))
+    )
+    with pytest.raises(ValueError, match="other normalizer or detector settings"):
+        score_logic("score", other, data)
+    with pytest.raises(ValueError, match="VIGIL_SHARDS=64"):
+        score_logic("score", dataclasses.replace(SCORERS["robust-z"], shards=8), data)
+
+
+def test_columns_grow_and_count_their_series() -> None:
+    scorer = dataclasses.replace(SCORERS["robust-z"], flow_name="grown")
+    logic = score_logic("score", scorer, None)
+    streams = [piece(labelled_stream(f"s{i}", 100 + i), 0, 3) for i in range(FIRST_ROWS * 2 + 5)]
+    logic.on_batch([tuple(piece(s, 0, 1) for s in streams)])
+    logic.on_batch([tuple(piece(s, 1, 3) for s in streams)])
+    logic.snapshot()
+    assert len(logic.states) == len(streams)
+    assert metrics.SERIES.labels(flow="grown", held="live")._value.get() == len(streams)
+    want = run(scorer, streams, lambda: repeat(3))
+    assert spelled_out(logic.states.state(s.series) for s in streams) == want.state
+
+
 def test_snapshot_repickles_only_the_series_that_changed(streams: list[SeriesBatch]) -> None:
-    logic = score_logic("score", dataclasses.replace(SCORERS["robust-z"], flow_name="held"), None)
+    scorer = dataclasses.replace(SCORERS["robust-z-scaled"], flow_name="held")
+    logic = score_logic("score", scorer, None)
+    assert isinstance(logic, _ScoreLogic)
     logic.on_batch([tuple(piece(s, 0, 5) for s in streams)])
     logic.snapshot()
     before = dict(logic.states.packed)
@@ -356,11 +416,13 @@ def test_snapshot_repickles_only_the_series_that_changed(streams: list[SeriesBat
 
 
 def test_one_reading_path_is_taken_where_it_applies() -> None:
-    assert score_logic("score", SCORERS["robust-z"], None).fast_singles
-    assert score_logic("score", SCORERS["value-only"], None).fast_singles
-    assert score_logic("score", SCORERS["robust-z-scaled"], None).fast_singles
+    scaled = score_logic("score", SCORERS["robust-z-scaled"], None)
+    context = score_logic("score", SCORERS["context"], None)
+    assert isinstance(scaled, _ScoreLogic)
+    assert isinstance(context, _ScoreLogic)
+    assert scaled.fast_singles
     # The context detector reports parts and listens to the spacing: per series.
-    assert not score_logic("score", SCORERS["context"], None).fast_singles
+    assert not context.fast_singles
 
 
 def test_cool_down_holds_back_alerts(streams: list[SeriesBatch]) -> None:
