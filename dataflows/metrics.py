@@ -28,6 +28,7 @@ from operators.config import Env, configure_logging
 from operators.detectors.iforest import IsolationForest
 from operators.events import RawBatch
 from operators.flowkit import (
+    BATCH_SIZE,
     FEATURES,
     KafkaConfig,
     Sinks,
@@ -90,7 +91,7 @@ class Config:
     sim: MetricSimConfig = field(default_factory=MetricSimConfig)
     sim_partitions: int = 4
     sim_rate: float = 0.0
-    batch_size: int = 1000
+    batch_size: int = BATCH_SIZE
     shards: int = DEFAULT_SHARDS
     normalizer: str = "fixed"
     fixed_lo: float = 0.0

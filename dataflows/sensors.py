@@ -25,6 +25,7 @@ from operators.config import Env, configure_logging
 from operators.detectors import DENSE_ANOMALY_DETECTOR
 from operators.events import RawBatch
 from operators.flowkit import (
+    BATCH_SIZE,
     KafkaConfig,
     Sinks,
     check_settings,
@@ -82,7 +83,7 @@ class Config:
     sim: SensorSimConfig = field(default_factory=SensorSimConfig)
     sim_partitions: int = 4
     sim_rate: float = 0.0
-    batch_size: int = 1000
+    batch_size: int = BATCH_SIZE
     shards: int = DEFAULT_SHARDS
     normalizer: str = "fixed"
     fixed_lo: float = 21.0
@@ -147,7 +148,7 @@ class Config:
             sim=sim,
             sim_partitions=env.integer("SIM_PARTITIONS", 4, min_value=1),
             sim_rate=env.number("SIM_RATE", 0.0),
-            batch_size=env.integer("BATCH_SIZE", 1000, min_value=1),
+            batch_size=env.integer("BATCH_SIZE", BATCH_SIZE, min_value=1),
             shards=env.integer("SHARDS", DEFAULT_SHARDS, min_value=1),
             normalizer=env.choice("NORMALIZER", "fixed", sorted(NORMALIZERS)),
             fixed_lo=env.number("FIXED_LO", 21.0),

@@ -15,9 +15,9 @@ window of numbers, so a shard keeps them as arrays with a row per series:
   median, MAD or noise level is refreshed for all the rows due at once;
 * a snapshot pickles the arrays as they are (no object per series).
 
-Windows are kept right-aligned in a row (the last ``k`` columns hold a
-series' last ``k`` values, oldest first), so medians and successive
-differences see the values in the order the per-series objects hold them.
+Windows are rings: a value overwrites the oldest in its row, one write per
+row. Medians ignore order; the noise level, from successive differences,
+reads a ring oldest first, the order in which the per-series objects hold it.
 Every number is the one the per-series path gives: the same float operations
 in the same order, medians being order statistics. A series' batch of more
 than one reading, a reading out of event-time order and a reading at or above
@@ -48,25 +48,30 @@ import numpy as np
 from operators.alerting import RECENT_WINDOW, AlertPolicy, AlertState
 from operators.calibrate import calibrate
 from operators.detectors import make_detector
-from operators.detectors.robust import MAD_TO_SIGMA, Flatline, Gap, RobustZ, row_medians
+from operators.detectors.robust import MAD_TO_SIGMA, Flatline, Gap, RobustZ
 from operators.detectors.scale import diff_sigmas, finite_z, scale_floor
 from operators.events import (
+    Alert,
     DeadLetter,
     DetectedBatch,
     FloatArray,
     IntArray,
     ScoredBatch,
+    ScoredRows,
     SeriesBatch,
+    ShardBatch,
 )
 from operators.normalize import FixedMinMax, Normalizer
 from operators.steps import DetectConfig, DetectState, NormalizeState, alert_counted
 
 #: Stands for "no time yet" in the int64 time columns.
 NO_TIME = np.iinfo(np.int64).min
+#: How the windows lie in their rows (rings), part of a snapshot's settings.
+LAYOUT = "rings-1"
 #: Rows a store starts with; it doubles when full.
 FIRST_ROWS = 64
 
-Output = ScoredBatch | DeadLetter
+Output = ScoredBatch | ScoredRows | DeadLetter
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,7 @@ class SeriesColumns:
             "al_last": (0, np.int64, NO_TIME),
             "al_recent": (RECENT_WINDOW, np.float64, 0.0),
             "al_len": (0, np.int64, 0),
+            "al_pos": (0, np.int64, 0),
         }
         if spec.detect.stuck:
             widths |= {
@@ -154,6 +160,7 @@ class SeriesColumns:
             widths |= {
                 "gp_hist": (spec.gap.window, np.float64, 0.0),
                 "gp_len": (0, np.int64, 0),
+                "gp_pos": (0, np.int64, 0),
                 "gp_slots": (0, np.int64, 0),
                 "gp_missing": (0, np.int64, 0),
                 "gp_typical": (0, np.float64, np.nan),
@@ -219,7 +226,7 @@ class SeriesColumns:
         rz.long_run.value = float(a["rz_lr"][row])
         rz.long_run.updates = int(a["rz_lr_n"][row])
         rz.count = int(a["rz_count"][row])
-        rz.history = _tail(a["rz_hist"][row], min(rz.count, rz.window))
+        rz.history = _unroll(a["rz_hist"][row], rz.count % rz.window, min(rz.count, rz.window))
         rz.median = float(a["rz_median"][row])
         rz.mad = float(a["rz_mad"][row])
         stuck = None
@@ -232,7 +239,7 @@ class SeriesColumns:
         gap = None
         if spec.gap is not None:
             gap = copy.copy(spec.gap)
-            gap.history = _tail(a["gp_hist"][row], int(a["gp_len"][row]))
+            gap.history = _unroll(a["gp_hist"][row], int(a["gp_pos"][row]), int(a["gp_len"][row]))
             gap.slots = int(a["gp_slots"][row])
             gap.missing = int(a["gp_missing"][row])
             gap.typical = float(a["gp_typical"][row])
@@ -244,7 +251,7 @@ class SeriesColumns:
 
     def _alert_of(self, row: int) -> AlertState:
         a = self.a
-        recent = _tail(a["al_recent"][row], int(a["al_len"][row]))
+        recent = _unroll(a["al_recent"][row], int(a["al_pos"][row]), int(a["al_len"][row]))
         return AlertState(int(a["al_above"][row]), _time(a["al_last"][row]), recent)
 
     def put(self, series: str, state: Any) -> bool:
@@ -260,7 +267,7 @@ class SeriesColumns:
         a["rz_lr"][row] = rz.long_run.value
         a["rz_lr_n"][row] = rz.long_run.updates
         a["rz_count"][row] = rz.count
-        _set_tail(a["rz_hist"], row, rz.history)
+        _lay_out(a["rz_hist"], row, rz.history, rz.count % rz.window)
         a["rz_median"][row] = rz.median
         a["rz_mad"][row] = rz.mad
         if det.stuck is not None:
@@ -270,8 +277,9 @@ class SeriesColumns:
             a["fl_pairs"][row] = det.stuck.pairs
             a["fl_repeats"][row] = det.stuck.repeats
         if det.gap is not None:
-            _set_tail(a["gp_hist"], row, det.gap.history)
+            _lay_out(a["gp_hist"], row, det.gap.history, len(det.gap.history) % det.gap.window)
             a["gp_len"][row] = len(det.gap.history)
+            a["gp_pos"][row] = len(det.gap.history) % det.gap.window
             a["gp_slots"][row] = det.gap.slots
             a["gp_missing"][row] = det.gap.missing
             a["gp_typical"][row] = det.gap.typical
@@ -283,8 +291,9 @@ class SeriesColumns:
         a = self.a
         a["al_above"][row] = alert.above
         a["al_last"][row] = _no_time(alert.last_alert_ms)
-        _set_tail(a["al_recent"], row, alert.recent)
+        _lay_out(a["al_recent"], row, alert.recent, len(alert.recent) % RECENT_WINDOW)
         a["al_len"][row] = len(alert.recent)
+        a["al_pos"][row] = len(alert.recent) % RECENT_WINDOW
 
     def _fits(self, state: Any) -> bool:
         """Whether ``state`` is one this store's rows can hold exactly."""
@@ -305,19 +314,22 @@ class SeriesColumns:
     # -- snapshots ----------------------------------------------------------
 
     def snapshot(self) -> ColumnSnapshot:
-        """The names and the used rows of every array (copies); live rows stay live."""
+        """The names and the used rows of every array (views: pickle them before any change).
+
+        Rows held as objects are written back first (and stay live).
+        """
         for row, state in self.live.items():
             self.put(self.names[row], state)
         n = len(self.names)
         return ColumnSnapshot(
-            list(self.names), {k: v[:n].copy() for k, v in self.a.items()}, self._spec_key()
+            list(self.names), {k: v[:n] for k, v in self.a.items()}, self._spec_key()
         )
 
     def _spec_key(self) -> tuple[Any, ...]:
         spec = self.spec
         gap = None if spec.gap is None else _settings(spec.gap)
         robust = (*_settings(spec.robust), spec.robust.long_run.weight)
-        return (spec.lo, spec.hi, spec.detect.stuck, robust, gap)
+        return (LAYOUT, spec.lo, spec.hi, spec.detect.stuck, robust, gap)
 
     def restore(self, snap: ColumnSnapshot) -> bool:
         """Take the rows of a snapshot; ``False`` (nothing taken) if written with other settings."""
@@ -334,47 +346,57 @@ class SeriesColumns:
 
     # -- scoring ------------------------------------------------------------
 
+    def rows(self, names: tuple[str, ...]) -> IntArray:
+        """The rows of these series (made for those seen for the first time)."""
+        get = self.index.get
+        found = list(map(get, names))
+        if None in found:
+            found = [
+                self.row(name) if r is None else r for name, r in zip(names, found, strict=True)
+            ]
+        return np.array(found, dtype=np.int64)
+
     def score_round(
         self,
+        item: ShardBatch,
+        picks: IntArray,
         rows: IntArray,
-        batches: list[SeriesBatch],
+        pos: IntArray,
         slow: Callable[[int, SeriesBatch], list[Output]],
-    ) -> list[list[Output]]:
-        """Score one reading of each of distinct series; what each batch gives, in order.
+    ) -> list[Output]:
+        """Score one reading of each picked series of ``item`` (distinct rows).
 
         Args:
-            rows: The series' rows (distinct).
-            batches: Their batches of one reading each.
-            slow: The per-series path for one row and batch (a reading out of
+            item: A shard's batch.
+            picks: Which of its series.
+            rows: Their rows.
+            pos: Where their reading is in ``item``'s columns.
+            slow: The per-series path for a row and batch (a reading out of
                 event-time order, which becomes a dead letter).
+
+        Returns:
+            The dead letters' outputs, then the round's scored rows.
 
         """
         a = self.a
-        ts = np.fromiter((int(b.ts_ms[0]) for b in batches), np.int64, len(batches))
-        x = np.fromiter((float(b.values[0]) for b in batches), np.float64, len(batches))
-        out: list[list[Output]] = [[] for _ in batches]
+        ts = item.ts_ms[pos]
         last = a["last_ts"][rows]
         late = (last != NO_TIME) & (ts <= last)
+        out: list[Output] = []
         if late.any():
             for k in np.flatnonzero(late).tolist():
-                out[k] = slow(int(rows[k]), batches[k])
-            keep = np.flatnonzero(~late)
-            rows, ts, x = rows[keep], ts[keep], x[keep]
-            batches_kept = [batches[k] for k in keep.tolist()]
-            slots = keep.tolist()
-        else:
-            batches_kept = batches
-            slots = list(range(len(batches)))
+                out.extend(slow(int(rows[k]), item.reading(int(picks[k]), int(pos[k]))))
+            keep = ~late
+            picks, rows, pos, ts = picks[keep], rows[keep], pos[keep], ts[keep]
         if len(rows):
-            scored = self._score(rows, ts, x, batches_kept)
-            for k, item in zip(slots, scored, strict=True):
-                out[k] = [item]
+            out.append(self._score(item, picks, rows, pos, ts))
         return out
 
     def _score(
-        self, rows: IntArray, ts: IntArray, x: FloatArray, batches: list[SeriesBatch]
-    ) -> list[Output]:
-        a, spec = self.a, self.spec
+        self, item: ShardBatch, picks: IntArray, rows: IntArray, pos: IntArray, ts: IntArray
+    ) -> ScoredRows:
+        a, spec, policy = self.a, self.spec, self.policy
+        x = item.values[pos]
         a["last_ts"][rows] = ts
         xn = (x - spec.lo) / (spec.hi - spec.lo)  # FixedMinMax.transform_one's operations
         value_raw = self._robust(rows, xn)
@@ -395,44 +417,44 @@ class SeriesColumns:
         features = calibrated.argmax(axis=0)  # the first of equal maxima, as per series
         cols = np.arange(len(rows))
         scores = calibrated[features, cols]
-        hot = scores >= self.policy.threshold
-        self._note_ordinary(rows[~hot], x[~hot])
-        small = features.astype(np.int8)
-        detail = np.vstack(details)[features, cols]
-        threshold, detector = self.policy.threshold, spec.detect.detector
-        out: list[Output] = []
-        no = np.zeros(1, dtype=bool)
-        for k, batch in enumerate(batches):
-            raw_scores, score = value_raw[k : k + 1], scores[k : k + 1]
-            if hot[k]:
+        hot = scores >= policy.threshold
+        alerted = np.zeros(len(rows), dtype=bool)
+        alerts: list[Alert] = []
+        if hot.any():
+            self._note_ordinary(rows[~hot], x[~hot])
+            small = features.astype(np.int8)
+            detail = np.vstack(details)[features, cols]
+            for k in np.flatnonzero(hot).tolist():
                 row = int(rows[k])
                 alert = self._alert_of(row)
                 det = DetectedBatch(
-                    batch=batch,
-                    raw_scores=raw_scores,
-                    scores=score,
+                    batch=item.reading(int(picks[k]), int(pos[k])),
+                    raw_scores=value_raw[k : k + 1],
+                    scores=scores[k : k + 1],
                     features=small[k : k + 1],
                     feature_names=names,
-                    detector=detector,
+                    detector=spec.detect.detector,
                     details=detail[k : k + 1],
                 )
-                out.append(alert_counted(self.policy, alert, det, self.flow_name))
+                done = alert_counted(policy, alert, det, self.flow_name)
                 self._put_alert(row, alert)
-                continue
-            out.append(
-                ScoredBatch(
-                    series=batch.series,
-                    ts_ms=batch.ts_ms,
-                    values=batch.values,
-                    labels=batch.labels,
-                    raw_scores=raw_scores,
-                    scores=score,
-                    alerted=no.copy(),
-                    threshold=threshold,
-                    detector=detector,
-                )
-            )
-        return out
+                alerted[k] = done.alerted[0]
+                alerts.extend(done.alerts)
+        else:
+            self._note_ordinary(rows, x)
+        series = item.names
+        return ScoredRows(
+            series=tuple([series[i] for i in picks.tolist()]),
+            ts_ms=ts,
+            values=x,
+            labels=tuple([item.labels[p] for p in pos.tolist()]),
+            raw_scores=value_raw,
+            scores=scores,
+            alerted=alerted,
+            threshold=policy.threshold,
+            detector=spec.detect.detector,
+            alerts=tuple(alerts),
+        )
 
     def _robust(self, rows: IntArray, xn: FloatArray) -> FloatArray:
         """``RobustZ.score_one`` then ``learn_one`` for each row's value."""
@@ -454,7 +476,7 @@ class SeriesColumns:
             rz.min_history,
             (count // rz.refresh_every + 1) * rz.refresh_every,
         )
-        _push(a["rz_hist"], rows, xn)
+        a["rz_hist"][rows, count % rz.window] = xn
         count = count + 1
         a["rz_count"][rows] = count
         fold = count == due
@@ -463,16 +485,17 @@ class SeriesColumns:
         stats = (count >= rz.min_history) & ((count - rz.min_history) % rz.stats_every == 0)
         if stats.any():
             r, c = rows[stats], count[stats]
-            for sub, hist in _windows(a["rz_hist"], r, np.minimum(c, rz.window)):
-                med_now = row_medians(hist)
-                a["rz_median"][sub] = med_now
-                a["rz_mad"][sub] = row_medians(np.abs(hist - med_now[:, None]))
+            k = np.minimum(c, rz.window)
+            window = _padded(a["rz_hist"], r, k)
+            med_now = _medians(window, k)
+            a["rz_median"][r] = med_now
+            a["rz_mad"][r] = _medians(np.abs(window - med_now[:, None]), k)
         return raw
 
     def _fold_long_run(self, rows: IntArray, count: IntArray) -> None:
         """``LongRunScale.update`` with each row's window (of at least 2 values here)."""
         a, rz = self.a, self.spec.robust
-        for sub, hist in _windows(a["rz_hist"], rows, np.minimum(count, rz.window)):
+        for sub, hist in _windows(a["rz_hist"], rows, np.minimum(count, rz.window), count):
             sigma = diff_sigmas(hist)
             updates = a["rz_lr_n"][sub] + 1
             a["rz_lr_n"][sub] = updates
@@ -530,14 +553,20 @@ class SeriesColumns:
             raw[seen] = part
         a["gp_slots"][r] = slots + missing + 1
         a["gp_missing"][r] = missed + missing
-        _push(a["gp_hist"], r, iv)
-        length = np.minimum(a["gp_len"][r] + 1, gap.window)
+        hist, pos = a["gp_hist"], a["gp_pos"][r]
+        before = a["gp_len"][r]
+        dropped = hist[r, pos]
+        hist[r, pos] = iv
+        a["gp_pos"][r] = (pos + 1) % gap.window
+        length = np.minimum(before + 1, gap.window)
         a["gp_len"][r] = length
         young = length < gap.min_history
         a["gp_typical"][r[young]] = np.nan
-        if not young.all():
-            for sub, hist in _windows(a["gp_hist"], r[~young], length[~young]):
-                a["gp_typical"][sub] = row_medians(hist)
+        # A full window whose dropped interval equals the new one keeps its median.
+        due = ~young & ((before < gap.window) | (dropped != iv))
+        if due.any():
+            sub, k = r[due], length[due]
+            a["gp_typical"][sub] = _medians(_padded(hist, sub, k), k)
         return raw, interval
 
     def _note_ordinary(self, rows: IntArray, values: FloatArray) -> None:
@@ -545,7 +574,9 @@ class SeriesColumns:
         if len(rows):
             a = self.a
             a["al_above"][rows] = 0
-            _push(a["al_recent"], rows, values)
+            pos = a["al_pos"][rows]
+            a["al_recent"][rows, pos] = values
+            a["al_pos"][rows] = (pos + 1) % RECENT_WINDOW
             a["al_len"][rows] = np.minimum(a["al_len"][rows] + 1, RECENT_WINDOW)
 
 
@@ -557,38 +588,62 @@ def _no_time(value: int | None) -> int:
     return NO_TIME if value is None else value
 
 
-def _tail(row: FloatArray, k: int) -> FloatArray:
-    """The last ``k`` values of a right-aligned window, as a new array."""
-    return row[len(row) - k :].copy()
+def _unroll(ring: FloatArray, pos: int, k: int) -> FloatArray:
+    """The ``k`` values of a ring (next write at ``pos``), oldest first, as a new array."""
+    return ring[(pos - k + np.arange(k)) % len(ring)]
 
 
-def _set_tail(array: np.ndarray, row: int, values: FloatArray) -> None:
+def _lay_out(array: np.ndarray, row: int, values: FloatArray, pos: int) -> None:
+    """Write chronological ``values`` into a row's ring so the next write goes to ``pos``."""
     width = array.shape[1]
-    array[row, : width - len(values)] = 0.0
-    array[row, width - len(values) :] = values
+    array[row] = 0.0
+    array[row, (pos - len(values) + np.arange(len(values))) % width] = values
 
 
-def _push(array: np.ndarray, rows: IntArray, values: FloatArray) -> None:
-    """Append one value to each row's right-aligned window, dropping the oldest column."""
-    array[rows, :-1] = array[rows, 1:]
-    array[rows, -1] = values
+def _padded(array: np.ndarray, rows: IntArray, lengths: IntArray) -> FloatArray:
+    """Rows' ring windows (a copy), NaN where a window shorter than the ring has no value.
+
+    A ring fills from its first column, so a short window is its first ``length`` columns.
+    """
+    window = array[rows]
+    if (lengths < array.shape[1]).any():
+        window[np.arange(array.shape[1]) >= lengths[:, None]] = np.nan
+    return window
+
+
+def _medians(window: FloatArray, lengths: IntArray) -> FloatArray:
+    """The median of each row's first ``length`` values in sorted order (NaN sorts last).
+
+    The same numbers as :func:`~operators.detectors.robust.row_medians` of each
+    window alone: the middle value, or for an even count the mean of the two.
+    """
+    ordered = np.sort(window, axis=1)
+    at = np.arange(len(window))
+    upper = ordered[at, lengths // 2]
+    lower = ordered[at, (lengths - 1) // 2]
+    return np.where(lengths % 2 == 1, upper, (lower + upper) / 2.0)
 
 
 def _windows(
-    array: np.ndarray, rows: IntArray, lengths: IntArray
+    array: np.ndarray, rows: IntArray, lengths: IntArray, learned: IntArray
 ) -> Iterator[tuple[IntArray, FloatArray]]:
-    """The rows grouped by window length: each group's rows and their windows (2-D)."""
+    """Rows' ring windows oldest first, grouped by length: each group's rows and windows (2-D).
+
+    A ring fills from its first column, so a window shorter than the ring is
+    its first ``length`` columns. A full one starts after its newest value
+    (``learned``, the values written so far, modulo the width).
+    """
     width = array.shape[1]
     full = lengths >= width
-    if full.all():
-        yield rows, array[rows]
-        return
     if full.any():
-        yield rows[full], array[rows[full]]
-    part, part_len = rows[~full], lengths[~full]
-    for k in np.unique(part_len).tolist():
-        sub = part[part_len == k]
-        yield sub, array[sub, width - k :]
+        sub = rows[full]
+        cols = (learned[full, None] + np.arange(width)) % width
+        yield sub, array[sub[:, None], cols]
+    if not full.all():
+        part, part_len = rows[~full], lengths[~full]
+        for k in np.unique(part_len).tolist():
+            sub = part[part_len == k]
+            yield sub, array[sub, :k]
 
 
 def _settings(obj: object) -> tuple[Any, ...]:

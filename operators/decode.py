@@ -48,6 +48,16 @@ class Decoded:
     errs: tuple[DeadLetter, ...]
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Flat:
+    """The fields of every message of a raw batch that is all plainly valid readings."""
+
+    series: list[str]
+    ts_ms: IntArray
+    values: FloatArray
+    labels: list[str | None]
+
+
 class _Columns:
     """Growing columns of one series while a batch is decoded."""
 
@@ -87,12 +97,20 @@ def decode_batch(raw: RawBatch, fmt: WireFormat = SENSORS) -> Decoded:
 
 
 def _decode_columnar(raw: RawBatch, fmt: WireFormat) -> tuple[SeriesBatch, ...] | None:
-    """The readings of ``raw``, or ``None`` unless every message is plainly valid.
+    """The readings of ``raw``, or ``None`` unless every message is plainly valid."""
+    flat = decode_flat(raw, fmt)
+    return None if flat is None else _group(raw, flat.series, flat.ts_ms, flat.values, flat.labels)
+
+
+def decode_flat(raw: RawBatch, fmt: WireFormat) -> Flat | None:
+    """The fields of every message of ``raw``, or ``None`` unless every one is plainly valid.
 
     "Plainly valid" is stricter than valid: a series id taken from the key or
-    given as a number sends the batch down the per-message path, whose rules
-    decide it.
+    given as a number sends the batch down the per-message path
+    (:func:`decode_batch`), whose rules decide it. Single-value formats only.
     """
+    if fmt.channels is not None or not len(raw):
+        return None
     try:
         objs = [orjson.loads(v) for v in raw.values]  # type: ignore[arg-type]
     except (orjson.JSONDecodeError, TypeError):  # TypeError: a tombstone (None)
@@ -123,7 +141,7 @@ def _decode_columnar(raw: RawBatch, fmt: WireFormat) -> tuple[SeriesBatch, ...] 
     labels = [o.get("label") for o in objs]
     if not set(map(type, labels)) <= _LABEL_TYPES:
         return None
-    return _group(raw, series, ts_ms, values, labels)
+    return Flat(series, ts_ms, values, labels)
 
 
 def _group(

@@ -158,6 +158,101 @@ class SeriesBatch:
         return len(self.values)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ShardBatch:
+    """Decoded readings of several series from one raw batch, grouped by series, columnar.
+
+    The readings of ``names[i]`` are positions ``bounds[i]:bounds[i + 1]`` of
+    every column, in their order in the source; a series appears once. With
+    many series a source batch holds a reading or two of each, and one such
+    item carries them without an object per series.
+
+    Attributes:
+        names: Keys of the series, in the order of their readings.
+        bounds: Where each series' readings start, and the end (``len(names) + 1``).
+        ts_ms: Event times, epoch milliseconds (int64).
+        values: Raw values (float64, all finite).
+        labels: Ground truth per reading.
+        origin: Source the readings came from.
+        partition: Source partition.
+        offsets: Source offset of each reading.
+        raw: The original payload bytes of each reading.
+
+    """
+
+    names: tuple[str, ...]
+    bounds: IntArray
+    ts_ms: IntArray
+    values: FloatArray
+    labels: tuple[str | None, ...]
+    origin: str
+    partition: int
+    offsets: IntArray
+    raw: tuple[bytes | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def batch(self, i: int) -> SeriesBatch:
+        """The readings of ``names[i]`` as a :class:`SeriesBatch`."""
+        start, stop = int(self.bounds[i]), int(self.bounds[i + 1])
+        return SeriesBatch(
+            self.names[i],
+            self.ts_ms[start:stop],
+            self.values[start:stop],
+            self.labels[start:stop],
+            self.origin,
+            self.partition,
+            self.offsets[start:stop],
+            self.raw[start:stop],
+        )
+
+    def reading(self, i: int, pos: int) -> SeriesBatch:
+        """The reading at position ``pos`` (one of ``names[i]``'s) as a :class:`SeriesBatch`."""
+        return SeriesBatch(
+            self.names[i],
+            self.ts_ms[pos : pos + 1],
+            self.values[pos : pos + 1],
+            self.labels[pos : pos + 1],
+            self.origin,
+            self.partition,
+            self.offsets[pos : pos + 1],
+            self.raw[pos : pos + 1],
+        )
+
+    def batches(self) -> tuple[SeriesBatch, ...]:
+        """Every series' readings as a :class:`SeriesBatch`, in order."""
+        return tuple(self.batch(i) for i in range(len(self.names)))
+
+    @classmethod
+    def of(cls, batches: tuple[SeriesBatch, ...] | list[SeriesBatch]) -> ShardBatch:
+        """The batches (of distinct series, from one source partition) as one item."""
+        if not batches:
+            raise ValueError("a shard batch needs at least one series batch")
+        lengths = [len(b) for b in batches]
+        first = batches[0]
+        return cls(
+            names=tuple(b.series for b in batches),
+            bounds=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+            ts_ms=np.concatenate([b.ts_ms for b in batches]).astype(np.int64),
+            values=np.concatenate([b.values for b in batches]).astype(np.float64),
+            labels=tuple(x for b in batches for x in b.labels),
+            origin=first.origin,
+            partition=first.partition,
+            offsets=np.concatenate(
+                [
+                    np.full(len(b), -1, dtype=np.int64) if b.offsets is None else b.offsets
+                    for b in batches
+                ]
+            ).astype(np.int64),
+            raw=tuple(
+                x
+                for b, n in zip(batches, lengths, strict=True)
+                for x in (b.raw if b.raw else (None,) * n)
+            ),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """An alert raised by an alert policy.
@@ -253,3 +348,63 @@ class ScoredBatch:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ScoredRows:
+    """Scored readings of many series, one row each: a round of the columnar score step.
+
+    The columns of :class:`ScoredBatch`, with the series named per reading.
+
+    Attributes:
+        series: Key of each reading's series.
+        ts_ms: Event times, epoch milliseconds.
+        values: Raw values.
+        labels: Ground truth per reading.
+        raw_scores: The detector's own scores.
+        scores: Calibrated scores in [0, 1].
+        alerted: Whether each reading raised an alert.
+        threshold: The alert threshold the calibrated scores were held to.
+        detector: Name of the detector.
+        alerts: The alerts raised by these readings.
+
+    """
+
+    series: tuple[str, ...]
+    ts_ms: IntArray
+    values: FloatArray
+    labels: tuple[str | None, ...]
+    raw_scores: FloatArray
+    scores: FloatArray
+    alerted: BoolArray
+    threshold: float
+    detector: str
+    alerts: tuple[Alert, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def batches(self, picks: list[int] | None = None) -> list[ScoredBatch]:
+        """Readings (all, or those at ``picks``) as one-reading :class:`ScoredBatch` items."""
+        by_series: dict[str, list[Alert]] = {}
+        for a in self.alerts:
+            by_series.setdefault(a.series, []).append(a)
+        return [
+            ScoredBatch(
+                series=self.series[i],
+                ts_ms=self.ts_ms[i : i + 1],
+                values=self.values[i : i + 1],
+                labels=self.labels[i : i + 1],
+                raw_scores=self.raw_scores[i : i + 1],
+                scores=self.scores[i : i + 1],
+                alerted=self.alerted[i : i + 1],
+                threshold=self.threshold,
+                detector=self.detector,
+                alerts=tuple(by_series.get(self.series[i], ())) if self.alerted[i] else (),
+            )
+            for i in (range(len(self)) if picks is None else picks)
+        ]
+
+
+#: What the score steps give: per-series batches, or rows of many series.
+Scored = ScoredBatch | ScoredRows

@@ -38,7 +38,7 @@ from operators.alerting import AlertPolicy
 from operators.config import ConfigError, Env
 from operators.detectors import DETECTORS, make_detector
 from operators.errorcal import ErrorCalibrator
-from operators.events import DeadLetter, RawBatch, ScoredBatch
+from operators.events import DeadLetter, RawBatch, Scored
 from operators.normalize import Normalizer
 from operators.records import alert_message, dead_letter_message
 from operators.serde import WireFormat
@@ -53,6 +53,11 @@ logger = logging.getLogger(__name__)
 
 Message = tuple[bytes | None, bytes]
 FEATURES = ("value", "stuck", "gap")
+#: Messages per source micro-batch unless ``VIGIL_BATCH_SIZE`` says otherwise. A
+#: source hands over what it has fetched, so batches are this long only while
+#: a backlog drains; then the score step's fixed costs per batch and per round
+#: of many series (:mod:`operators.columns`) are shared by thousands of readings.
+BATCH_SIZE = 8000
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class Sinks:
 
     alerts: Sink[Message]
     dead_letters: Sink[Message]
-    view: Sink[ScoredBatch] | None
+    view: Sink[Scored] | None
 
 
 def policy_from_env(env: Env, base: AlertPolicy) -> AlertPolicy:
@@ -281,6 +286,7 @@ def wire(
     """
     name = flow.flow_id
     raw = op.input("input", flow, source)
+    scored: Stream[Scored]
     if isinstance(detect, WindowDetect):
         decoded = steps.decode("decode", raw, name, fmt)
         normalized = steps.normalize("normalize", decoded.oks, make_normalizer, name)

@@ -28,11 +28,14 @@ Example:
 from __future__ import annotations
 
 import gc
+import pickle
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
+from typing import TypeVar
 
 import bytewax.operators as op
 import numpy as np
@@ -42,8 +45,17 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from operators import snapshot as snap
 from operators.alerting import AlertPolicy, AlertState
 from operators.columns import ColumnSnapshot, ColumnSpec, SeriesColumns
+from operators.decode import decode_batch, decode_flat
 from operators.detectors import make_detector
-from operators.events import DeadLetter, RawBatch, ScoredBatch, SeriesBatch
+from operators.events import (
+    DeadLetter,
+    IntArray,
+    RawBatch,
+    Scored,
+    ScoredBatch,
+    SeriesBatch,
+    ShardBatch,
+)
 from operators.metrics import SeriesCount, step_metrics
 from operators.normalize import Normalizer
 from operators.serde import WireFormat
@@ -54,17 +66,23 @@ from operators.steps import (
     DetectState,
     NormalizeState,
     alert_counted,
-    counted_decoder,
+    counted,
     detect_batch,
     new_detect_state,
     normalize_batch,
 )
 
+#: Readings of a series in one shard batch from which it is scored on its own,
+#: with its state as objects (kept so while its batches stay this long); shorter
+#: batches are scored in rounds with the other series' (:mod:`operators.columns`).
+LONG_BATCH = 8
+
 #: Shards per flow unless configured: enough to spread over many workers,
 #: few enough that a batch of many series makes few items.
 DEFAULT_SHARDS = 64
 
-ShardItem = tuple[SeriesBatch, ...]
+ShardItem = ShardBatch
+T = TypeVar("T")
 
 #: Allocations between young-generation collections (CPython's default is 700).
 #: The score step keeps a few dozen long-lived objects per series; at the
@@ -74,10 +92,101 @@ ShardItem = tuple[SeriesBatch, ...]
 GC_THRESHOLD = (100_000, 50, 100)
 
 
-@lru_cache(maxsize=1 << 16)
 def shard_of(series: str, shards: int) -> str:
     """The shard (a Bytewax key) of a series: stable across processes and runs."""
-    return str(zlib.crc32(series.encode()) % shards)
+    return str(shard_index(series, shards))
+
+
+@lru_cache(maxsize=1 << 16)
+def shard_index(series: str, shards: int) -> int:
+    """The shard of a series as a number."""
+    return zlib.crc32(series.encode()) % shards
+
+
+#: Series whose shard is remembered, per shard count (cleared when it grows past this).
+SHARD_CACHE = 1 << 20
+_shard_cache: dict[int, dict[str, int]] = {}
+
+
+def _shard_indices(names: list[str], shards: int) -> list[int]:
+    """:func:`shard_index` of each name, from a per-process memo."""
+    memo = _shard_cache.setdefault(shards, {})
+    found = list(map(memo.get, names))
+    if None in found:
+        if len(memo) > SHARD_CACHE:
+            memo.clear()
+        for i, name in enumerate(names):
+            if found[i] is None:
+                found[i] = memo[name] = zlib.crc32(name.encode()) % shards
+    return found  # type: ignore[return-value]
+
+
+def _taker(order: IntArray) -> Callable[[Sequence[T]], tuple[T, ...]]:
+    """A function picking the items at ``order`` of a sequence, as a tuple."""
+    picks = order.tolist()
+    if len(picks) == 1:
+        return lambda seq: (seq[picks[0]],)
+    getter = itemgetter(*picks)
+    return lambda seq: getter(seq)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ShardDecoded:
+    """What decoding one raw batch gave: a batch per shard (keyed), and dead letters."""
+
+    items: list[tuple[str, ShardBatch]]
+    errs: tuple[DeadLetter, ...]
+
+
+def decode_shards(raw: RawBatch, fmt: WireFormat, shards: int) -> ShardDecoded:
+    """Decode a raw batch into one :class:`ShardBatch` per shard it touches.
+
+    A batch of plainly valid readings goes column by column, with no object
+    per series (:func:`~operators.decode.decode_flat`); any other is decoded
+    message by message, which names each bad message's fault.
+    """
+    flat = decode_flat(raw, fmt)
+    if flat is None:
+        out = decode_batch(raw, fmt)
+        groups: dict[str, list[SeriesBatch]] = {}
+        for each in out.oks:
+            groups.setdefault(shard_of(each.series, shards), []).append(each)
+        return ShardDecoded([(k, ShardBatch.of(v)) for k, v in groups.items()], out.errs)
+    # Series in order of first appearance; readings sorted by (shard, series), stably.
+    index = {name: i for i, name in enumerate(dict.fromkeys(flat.series))}
+    names = list(index)
+    codes = np.fromiter(map(index.__getitem__, flat.series), np.int64, len(flat.series))
+    shard_of_name = np.fromiter(_shard_indices(names, shards), np.int64, len(names))
+    name_order = np.argsort(shard_of_name, kind="stable")
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[name_order] = np.arange(len(names))
+    order = np.argsort(rank[codes], kind="stable")
+    counts = np.bincount(codes, minlength=len(names))[name_order]
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    per_shard = np.bincount(shard_of_name, minlength=shards)
+    first_name = np.concatenate(([0], np.cumsum(per_shard)))
+    ts_ms, values = flat.ts_ms[order], flat.values[order]
+    offsets = np.asarray(raw.offsets, dtype=np.int64)[order]
+    take = _taker(order)
+    labels, payloads = take(flat.labels), take(raw.values)
+    sorted_names = [names[i] for i in name_order.tolist()]
+    items = []
+    for shard in np.flatnonzero(per_shard).tolist():
+        lo, hi = int(first_name[shard]), int(first_name[shard + 1])
+        start, stop = int(bounds[lo]), int(bounds[hi])
+        batch = ShardBatch(
+            names=tuple(sorted_names[lo:hi]),
+            bounds=bounds[lo : hi + 1] - start,
+            ts_ms=ts_ms[start:stop],
+            values=values[start:stop],
+            labels=labels[start:stop],
+            origin=raw.origin,
+            partition=raw.partition,
+            offsets=offsets[start:stop],
+            raw=payloads[start:stop],
+        )
+        items.append((str(shard), batch))
+    return ShardDecoded(items, ())
 
 
 @dataclass(frozen=True)
@@ -92,7 +201,7 @@ class ShardDecodeOut:
 def decode_to_shards(
     step_id: str, up: Stream[RawBatch], flow_name: str, fmt: WireFormat, shards: int
 ) -> ShardDecodeOut:
-    """Decode raw batches into per-shard groups of per-series batches; bad messages dead-letter.
+    """Decode raw batches into a batch per shard (:func:`decode_shards`); bad messages dead-letter.
 
     Args:
         step_id: Unique id.
@@ -104,16 +213,11 @@ def decode_to_shards(
     """
     if shards < 1:
         raise ValueError(f"{step_id}: expected shards >= 1, got {shards}")
-    counted = counted_decoder(flow_name, fmt)
+    decode = counted(flow_name, lambda raw: decode_shards(raw, fmt, shards))
 
     def _decode(raw: RawBatch) -> list[tuple[str, ShardItem] | DeadLetter]:
-        out = counted(raw)
-        groups: dict[str, list[SeriesBatch]] = {}
-        for batch in out.oks:
-            groups.setdefault(shard_of(batch.series, shards), []).append(batch)
-        items: list[tuple[str, ShardItem] | DeadLetter] = [
-            (key, tuple(batches)) for key, batches in groups.items()
-        ]
+        out = decode(raw)
+        items: list[tuple[str, ShardItem] | DeadLetter] = list(out.items)
         items.extend(out.errs)
         return items
 
@@ -161,7 +265,7 @@ class Scorer:
         return out
 
 
-class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]):
+class _ScoreLogic(StatefulBatchLogic[ShardItem, Scored | DeadLetter, bytes]):
     def __init__(self, scorer: Scorer, states: PackedStates[SeriesState]) -> None:
         self.scorer = scorer
         self.states = states
@@ -169,16 +273,16 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
         self.series = SeriesCount(scorer.flow_name)
         self.fast_singles = fast_singles_for(new_detect_state(scorer.detect).value)
 
-    def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[ScoredBatch | DeadLetter], bool]:
+    def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[Scored | DeadLetter], bool]:
         started = time.perf_counter()
-        out: list[ScoredBatch | DeadLetter] = []
+        out: list[Scored | DeadLetter] = []
         states = self.states
         events = 0
         # Batches of one reading wait here to be scored together (operators.singles);
         # a longer batch first lets them through, so each series keeps its order.
         singles: list[Entry] = []
         for item in values:
-            for batch in item:
+            for batch in item.batches():
                 events += len(batch)
                 state = states.use(batch.series)
                 if self.fast_singles and len(batch) == 1:
@@ -213,7 +317,7 @@ class _ScoreLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]
         return snap.dumps((self.scorer.shards, packed))
 
 
-class _ColumnLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes]):
+class _ColumnLogic(StatefulBatchLogic[ShardItem, Scored | DeadLetter, bytes]):
     """The score step on a columnar store (:mod:`operators.columns`)."""
 
     def __init__(self, scorer: Scorer, states: SeriesColumns) -> None:
@@ -222,51 +326,51 @@ class _ColumnLogic(StatefulBatchLogic[ShardItem, ScoredBatch | DeadLetter, bytes
         self.metrics = step_metrics(scorer.flow_name, "score")
         self.series = SeriesCount(scorer.flow_name)
 
-    def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[ScoredBatch | DeadLetter], bool]:
+    def on_batch(self, values: list[ShardItem]) -> tuple[Iterable[Scored | DeadLetter], bool]:
         started = time.perf_counter()
-        out: list[ScoredBatch | DeadLetter] = []
-        states = self.states
+        out: list[Scored | DeadLetter] = []
         events = 0
-        # One-reading batches of distinct series make a round, scored together; a
-        # series met again (or with a longer batch) first lets the round through,
-        # so each series keeps its order.
-        rows: list[int] = []
-        batches: list[SeriesBatch] = []
-        taken: set[int] = set()
         for item in values:
-            for batch in item:
-                events += len(batch)
-                row = states.row(batch.series)
-                if row in taken:
-                    out.extend(self._round(rows, batches))
-                    rows, batches, taken = [], [], set()
-                if len(batch) == 1:
-                    rows.append(row)
-                    batches.append(batch)
-                    taken.add(row)
-                    continue
-                out.extend(self._per_series(row, batch))
-        if rows:
-            out.extend(self._round(rows, batches))
-        scored = sum(len(x) for x in out if isinstance(x, ScoredBatch))
+            events += len(item)
+            out.extend(self._score_item(item))
+        scored = sum(len(x) for x in out if not isinstance(x, DeadLetter))
         self.metrics.observe(events, scored, time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
-    def _round(self, rows: list[int], batches: list[SeriesBatch]) -> list[ScoredBatch | DeadLetter]:
+    def _score_item(self, item: ShardBatch) -> list[Scored | DeadLetter]:
+        """Score short batches in rounds (round r: each one's r-th reading), long ones apart."""
         states = self.states
-        for row in rows:
-            if row in states.live:  # its objects hold the latest state: back into the row
-                states.settle(row)
-        done = states.score_round(np.array(rows, dtype=np.int64), batches, self._per_series)
-        return [x for each in done for x in each]
+        rows = states.rows(item.names)
+        lengths = np.diff(item.bounds)
+        out: list[Scored | DeadLetter] = []
+        short = lengths < LONG_BATCH
+        if short.all():
+            picks = np.arange(len(rows))
+        else:
+            for i in np.flatnonzero(~short).tolist():
+                out.extend(self._per_series(int(rows[i]), item.batch(i)))
+            picks = np.flatnonzero(short)
+        depth = int(lengths[picks].max()) if len(picks) else 0
+        for r in range(depth):
+            if r:
+                picks = picks[lengths[picks] > r]
+            round_rows = rows[picks]
+            if states.live:  # rows whose objects hold the latest state: back into the rows
+                for row in set(round_rows.tolist()) & states.live.keys():
+                    states.settle(row)
+            pos = item.bounds[picks] + r
+            out.extend(states.score_round(item, picks, round_rows, pos, self._per_series))
+        return out
 
-    def _per_series(self, row: int, batch: SeriesBatch) -> list[ScoredBatch | DeadLetter]:
+    def _per_series(self, row: int, batch: SeriesBatch) -> list[Scored | DeadLetter]:
         """The per-series functions on the row's state as objects (kept live)."""
-        return self.scorer.score(self.states.live_state(row), batch)
+        return list(self.scorer.score(self.states.live_state(row), batch))
 
     def snapshot(self) -> bytes:
         self.series.set(live=len(self.states), packed_only=0)
-        return snap.dumps((self.scorer.shards, self.states.snapshot()))
+        # numpy pickles each column straight from its buffer (protocol 5): one copy.
+        data = (self.scorer.shards, self.states.snapshot())
+        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 ScoreLogic = _ScoreLogic | _ColumnLogic
@@ -333,7 +437,7 @@ def relax_gc() -> None:
 class ScoreOut:
     """Streams out of :func:`score_shards`: scored batches (unkeyed) and dead letters."""
 
-    scored: Stream[ScoredBatch]
+    scored: Stream[Scored]
     errs: Stream[DeadLetter]
 
 
@@ -355,7 +459,7 @@ def score_shards(step_id: str, up: KeyedStream[ShardItem], scorer: Scorer) -> Sc
         return score_logic(step_id, scorer, resume)
 
     items = op.key_rm("unkey", op.stateful_batch("score", up, builder))
-    split = op.branch("split", items, lambda x: isinstance(x, ScoredBatch))
-    scored: Stream[ScoredBatch] = split.trues  # type: ignore[assignment]
+    split = op.branch("split", items, lambda x: not isinstance(x, DeadLetter))
+    scored: Stream[Scored] = split.trues  # type: ignore[assignment]
     errs: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
     return ScoreOut(scored, errs)

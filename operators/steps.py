@@ -14,9 +14,9 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import bytewax.operators as op
 import numpy as np
@@ -35,6 +35,7 @@ from operators.events import (
     FloatArray,
     IntArray,
     RawBatch,
+    Scored,
     ScoredBatch,
     SeriesBatch,
 )
@@ -53,17 +54,30 @@ class DecodeOut:
     errs: Stream[DeadLetter]
 
 
+class _WithErrs(Protocol):
+    @property
+    def errs(self) -> Sequence[DeadLetter]: ...
+
+
+D = TypeVar("D", bound=_WithErrs)
+
+
 def counted_decoder(flow_name: str, fmt: WireFormat) -> Callable[[RawBatch], Decoded]:
     """:func:`~operators.decode.decode_batch`, counted: step metrics, progress, dead letters.
 
     One per decode step (its progress line and metrics are the worker's).
     """
+    return counted(flow_name, lambda raw: decode_batch(raw, fmt))
+
+
+def counted(flow_name: str, decode: Callable[[RawBatch], D]) -> Callable[[RawBatch], D]:
+    """``decode``, counted: step metrics, progress, dead letters (see :func:`counted_decoder`)."""
     progress = Progress(flow_name)
     metrics = step_metrics(flow_name, "decode")
 
-    def _decode(raw: RawBatch) -> Decoded:
+    def _decode(raw: RawBatch) -> D:
         started = time.perf_counter()
-        out = decode_batch(raw, fmt)
+        out = decode(raw)
         metrics.observe(len(raw), len(raw) - len(out.errs), time.perf_counter() - started)
         progress.add(len(raw), len(out.errs))
         for err in out.errs:
@@ -420,6 +434,6 @@ def alert(
     return op.key_rm("unkey", scored)
 
 
-def alerts_of(step_id: str, up: Stream[ScoredBatch]) -> Stream[Alert]:
+def alerts_of(step_id: str, up: Stream[Scored]) -> Stream[Alert]:
     """The alerts raised in each scored batch, one item per alert."""
     return op.flat_map(step_id, up, lambda s: s.alerts)

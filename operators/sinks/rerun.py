@@ -45,7 +45,7 @@ import rerun as rr
 import rerun.blueprint as rrb
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from operators.events import BoolArray, FloatArray, IntArray, ScoredBatch
+from operators.events import BoolArray, FloatArray, IntArray, Scored, ScoredBatch, ScoredRows
 from operators.sinks.files import worker_path
 from operators.sinks.rerun_config import (
     APPLICATION_ID,
@@ -174,7 +174,7 @@ def view_blueprint(labels: ViewLabels) -> rrb.Blueprint:
     )
 
 
-class RerunSink(DynamicSink[ScoredBatch]):
+class RerunSink(DynamicSink[Scored]):
     """Log scored batches to Rerun, one recording shared by all workers.
 
     Args:
@@ -207,7 +207,11 @@ class _Paths:
     depth: float
 
 
-class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
+#: Readings of series not drawn one by one: their series, times, values, alert flags.
+_Others = tuple[tuple[str, ...], IntArray, FloatArray, BoolArray]
+
+
+class _RerunPartition(StatelessSinkPartition[Scored]):
     def __init__(
         self, cfg: RerunConfig, step_id: str, worker_index: int, worker_count: int
     ) -> None:
@@ -223,26 +227,48 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
         self._readings = 0
         self._alerts = 0
         self._pending: dict[str, list[ScoredBatch]] = {}
-        self._others: list[ScoredBatch] = []
+        self._others: list[_Others] = []
         self._others_path = f"{rr.escape_entity_path_part(labels.entity)}/other-series"
         self._others_seen: set[str] = set()
         self._due = time.monotonic() + cfg.flush_s
         logger.info("%s: worker %d logs to %s", step_id, worker_index, self._dest)
 
-    def write_batch(self, items: list[ScoredBatch]) -> None:
+    def write_batch(self, items: list[Scored]) -> None:
         drawn = self._paths.keys() | self._pending.keys()
         for batch in items:
             if not len(batch):
                 continue
-            if batch.series in drawn or len(drawn) < self._cfg.max_series:
+            if isinstance(batch, ScoredRows):
+                self._add_rows(batch, drawn)
+            elif batch.series in drawn or len(drawn) < self._cfg.max_series:
                 self._pending.setdefault(batch.series, []).append(batch)
                 drawn.add(batch.series)
             else:
-                self._others.append(batch)
+                self._others.append(((batch.series,), batch.ts_ms, batch.values, batch.alerted))
         now = time.monotonic()
         if now >= self._due:
             self._flush()
             self._due = now + self._cfg.flush_s
+
+    def _add_rows(self, rows: ScoredRows, drawn: set[str]) -> None:
+        """Readings of series drawn one by one to their series, the rest to the others."""
+        limit = self._cfg.max_series
+        picks: list[int] = []
+        for i, name in enumerate(rows.series):
+            if name in drawn or len(drawn) < limit:
+                picks.append(i)
+                drawn.add(name)
+        for batch in rows.batches(picks):
+            self._pending.setdefault(batch.series, []).append(batch)
+        if len(picks) == len(rows):
+            return
+        if not picks:
+            self._others.append((rows.series, rows.ts_ms, rows.values, rows.alerted))
+            return
+        rest = np.ones(len(rows), dtype=bool)
+        rest[picks] = False
+        names = tuple(rows.series[i] for i in np.flatnonzero(rest).tolist())
+        self._others.append((names, rows.ts_ms[rest], rows.values[rest], rows.alerted[rest]))
 
     def _flush(self) -> None:
         for series, batches in self._pending.items():
@@ -252,17 +278,18 @@ class _RerunPartition(StatelessSinkPartition[ScoredBatch]):
             self._write_others(self._others)
             self._others = []
 
-    def _write_others(self, batches: list[ScoredBatch]) -> None:
+    def _write_others(self, parts: list[_Others]) -> None:
         """Alerted readings of the series not drawn one by one, in one entity."""
         if not self._others_seen:
             style = rr.SeriesPoints(
                 colors=_RED, names="alerts of other series", markers="circle", marker_sizes=3.0
             )
             self._rec.log(self._others_path, style, static=True, strict=True)
-        self._others_seen.update(b.series for b in batches)
-        ts = np.concatenate([b.ts_ms for b in batches])
-        values = np.concatenate([b.values for b in batches])
-        alerted = np.concatenate([b.alerted for b in batches])
+        for names, *_ in parts:
+            self._others_seen.update(names)
+        ts = np.concatenate([p[1] for p in parts])
+        values = np.concatenate([p[2] for p in parts])
+        alerted = np.concatenate([p[3] for p in parts])
         order = np.argsort(ts[alerted], kind="stable")
         if len(order):
             self._send(

@@ -22,7 +22,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from dataflows.sensors import Config, build_flow
-from operators.events import RawBatch, ScoredBatch
+from operators.events import RawBatch, Scored, ScoredBatch, ScoredRows
 from operators.flowkit import Sinks
 from tests.fuzz.budget import fuzz
 from tests.fuzz.readings import SENSORS_SPEC, Case, cases, ms_of, stamps
@@ -109,13 +109,14 @@ def run(
 ) -> tuple[list[dict], list[tuple[bytes | None, dict]], list[ScoredBatch]]:  # type: ignore[type-arg]
     alerts: list[tuple[bytes, bytes]] = []
     dead: list[tuple[bytes | None, bytes]] = []
-    view: list[ScoredBatch] = []
+    view: list[Scored] = []
     sinks = Sinks(TestingSink(alerts), TestingSink(dead), TestingSink(view))  # type: ignore[arg-type]
     run_main(build_flow(Config(), source=TestingSource(batches), sinks=sinks))
     return (
         [orjson.loads(v) for _, v in alerts],
         [(k, orjson.loads(v)) for k, v in dead],
-        view,
+        # Rounds of many series' readings, as per-series batches.
+        [b for v in view for b in (v.batches() if isinstance(v, ScoredRows) else [v])],
     )
 
 

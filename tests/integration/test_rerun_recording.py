@@ -15,7 +15,7 @@ from bytewax.testing import TestingSource, cluster_main, run_main
 from rerun.chunk import RrdReader
 
 from operators.config import ConfigError, Env
-from operators.events import ScoredBatch
+from operators.events import ScoredBatch, ScoredRows
 from operators.sinks.rerun import (
     APPLICATION_ID,
     TIMELINE,
@@ -262,3 +262,73 @@ def test_config_from_env_names_the_bad_variable(name: str, value: str, expected:
 def test_sink_refuses_mode_off() -> None:
     with pytest.raises(ValueError, match="mode 'off'"):
         RerunSink(RerunConfig(mode="off"))
+
+
+def one_reading_each(batches: list[ScoredBatch]) -> list[ScoredBatch]:
+    """Every reading of ``batches`` as a batch of its own, in order."""
+    return [
+        ScoredBatch(
+            b.series,
+            b.ts_ms[i : i + 1],
+            b.values[i : i + 1],
+            b.labels[i : i + 1],
+            b.raw_scores[i : i + 1],
+            b.scores[i : i + 1],
+            b.alerted[i : i + 1],
+            b.threshold,
+            b.detector,
+        )
+        for b in batches
+        for i in range(len(b))
+    ]
+
+
+def in_rounds(singles: list[ScoredBatch]) -> list[ScoredRows]:
+    """The readings as the columnar score step gives them: rounds of distinct series."""
+    rounds: list[list[ScoredBatch]] = []
+    for s in singles:
+        # A series met again starts the next round, so each keeps its order.
+        if not rounds or any(x.series == s.series for x in rounds[-1]):
+            rounds.append([])
+        rounds[-1].append(s)
+    return [
+        ScoredRows(
+            tuple(x.series for x in r),
+            np.concatenate([x.ts_ms for x in r]),
+            np.concatenate([x.values for x in r]),
+            sum((x.labels for x in r), ()),
+            np.concatenate([x.raw_scores for x in r]),
+            np.concatenate([x.scores for x in r]),
+            np.concatenate([x.alerted for x in r]),
+            THRESHOLD,
+            "robust-z",
+        )
+        for r in rounds
+    ]
+
+
+def run_items(items: list[Any], path: Path, max_series: int) -> None:
+    flow = Dataflow("rerun_rows")
+    stream = op.input("inp", flow, TestingSource(items))
+    op.output("view", stream, RerunSink(RerunConfig(mode="rrd", path=path, max_series=max_series)))
+    run_main(flow)
+
+
+@pytest.mark.parametrize("max_series", [2, 100])
+def test_rows_of_many_series_record_as_their_batches(tmp_path: Path, max_series: int) -> None:
+    # With a limit of two series drawn one by one, the third one's alerts go to the
+    # shared entity: the split of a round between the two must match the batches'.
+    spike_of_4 = scored("4", 5, [90.0], {0}, {0: "spike"})
+    singles = one_reading_each([*known_batches(), spike_of_4])
+    rounds = in_rounds(singles)
+    assert len(rounds) < len(singles)
+    assert any(len(set(r.series)) > 1 for r in rounds)
+    run_items(list(singles), tmp_path / "batches.rrd", max_series)
+    run_items(list(rounds), tmp_path / "rows.rrd", max_series)
+    want, want_static = read_rows(tmp_path / "batches.rrd")
+    got, got_static = read_rows(tmp_path / "rows.rrd")
+    assert got == want
+    del got_static["/__properties"], want_static["/__properties"]  # the wall-clock start
+    assert got_static == want_static
+    if max_series == 2:
+        assert got["/temperature/other-series"] == [(ns(spike_of_4)[0], [90.0])]

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from generators.sensors import SensorSimConfig, iter_readings
+from generators.source import partition_of
 from operators.evaluation import evaluate
 from operators.records import alert_series_ms
 from tests.integration.kafka_broker import MockKafkaBroker
@@ -71,7 +72,10 @@ def run(kafka_broker: MockKafkaBroker, tmp_path_factory: pytest.TempPathFactory)
         timeout=120,
     )
     assert gen.returncode == 0, gen.stderr
-    broker.produce("e2e-sensors", MALFORMED)
+    # Each beside its sensor's readings (the generator's partitioner), so the replay
+    # comes after the reading it repeats whatever the order partitions are read in.
+    for key, value in MALFORMED:
+        broker.produce("e2e-sensors", [(key, value)], partition=partition_of(key or b"", 4))
 
     work = tmp_path_factory.mktemp("e2e")
     env = {

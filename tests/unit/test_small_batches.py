@@ -24,9 +24,17 @@ import pytest
 
 from operators import metrics
 from operators.alerting import AlertPolicy
-from operators.events import Alert, DeadLetter, ScoredBatch, SeriesBatch
-from operators.normalize import FixedMinMax, Normalizer, OnlineMinMax, RobustScaler
 from operators.columns import FIRST_ROWS
+from operators.events import (
+    Alert,
+    DeadLetter,
+    Scored,
+    ScoredBatch,
+    ScoredRows,
+    SeriesBatch,
+    ShardBatch,
+)
+from operators.normalize import FixedMinMax, Normalizer, OnlineMinMax, RobustScaler
 from operators.shards import Scorer, SeriesState, _ColumnLogic, _ScoreLogic, score_logic
 from operators.steps import DetectConfig
 
@@ -171,14 +179,16 @@ def run_shard(
     """
     logic = score_logic("score", scorer, None)
     plans = {s.series: cuts(len(s), sizes()) for s in streams}
-    out: list[ScoredBatch | DeadLetter] = []
+    out: list[Scored | DeadLetter] = []
     steps = max(len(p) for p in plans.values())
     for first in range(0, steps, group):
         items = [
-            tuple(
-                piece(stream, *plans[stream.series][step])
-                for stream in streams
-                if step < len(plans[stream.series])
+            ShardBatch.of(
+                [
+                    piece(stream, *plans[stream.series][step])
+                    for stream in streams
+                    if step < len(plans[stream.series])
+                ]
             )
             for step in range(first, min(first + group, steps))
         ]
@@ -198,7 +208,7 @@ def run_shard(
     columns: dict[str, list[Any]] = {
         k: [] for k in ("ts_ms", "values", "labels", "raw_scores", "scores", "alerted")
     }
-    for x in out:
+    for x in (b for o in out for b in (o.batches() if isinstance(o, ScoredRows) else [o])):
         if isinstance(x, ScoredBatch):
             assert x.alerted.dtype == np.bool_
             assert x.scores.dtype == x.raw_scores.dtype == np.float64
@@ -206,7 +216,7 @@ def run_shard(
                 col.extend([(x.series, v) for v in list(getattr(x, name))])
     return Run(
         columns,
-        [a for x in out if isinstance(x, ScoredBatch) for a in x.alerts],
+        [a for x in out if not isinstance(x, DeadLetter) for a in x.alerts],
         [x for x in out if isinstance(x, DeadLetter)],
         spelled_out(logic.states.state(s.series) for s in streams),
     )
@@ -373,7 +383,7 @@ def test_columns_hold_the_number_only_settings() -> None:
 
 def test_columns_resumed_with_other_settings_is_an_error(streams: list[SeriesBatch]) -> None:
     logic = score_logic("score", SCORERS["robust-z"], None)
-    logic.on_batch([tuple(piece(s, 0, 5) for s in streams)])
+    logic.on_batch([ShardBatch.of([piece(s, 0, 5) for s in streams])])
     data = logic.snapshot()
     other = dataclasses.replace(
         SCORERS["robust-z"], detect=DetectConfig("robust-z", options=(("window", 60),))
@@ -388,8 +398,8 @@ def test_columns_grow_and_count_their_series() -> None:
     scorer = dataclasses.replace(SCORERS["robust-z"], flow_name="grown")
     logic = score_logic("score", scorer, None)
     streams = [piece(labelled_stream(f"s{i}", 100 + i), 0, 3) for i in range(FIRST_ROWS * 2 + 5)]
-    logic.on_batch([tuple(piece(s, 0, 1) for s in streams)])
-    logic.on_batch([tuple(piece(s, 1, 3) for s in streams)])
+    logic.on_batch([ShardBatch.of([piece(s, 0, 1) for s in streams])])
+    logic.on_batch([ShardBatch.of([piece(s, 1, 3) for s in streams])])
     logic.snapshot()
     assert len(logic.states) == len(streams)
     assert metrics.SERIES.labels(flow="grown", held="live")._value.get() == len(streams)
@@ -401,10 +411,10 @@ def test_snapshot_repickles_only_the_series_that_changed(streams: list[SeriesBat
     scorer = dataclasses.replace(SCORERS["robust-z-scaled"], flow_name="held")
     logic = score_logic("score", scorer, None)
     assert isinstance(logic, _ScoreLogic)
-    logic.on_batch([tuple(piece(s, 0, 5) for s in streams)])
+    logic.on_batch([ShardBatch.of([piece(s, 0, 5) for s in streams])])
     logic.snapshot()
     before = dict(logic.states.packed)
-    logic.on_batch([(piece(streams[0], 5, 9),)])
+    logic.on_batch([ShardBatch.of([piece(streams[0], 5, 9)])])
     logic.snapshot()
     after = logic.states.packed
     assert after["a"] is not before["a"]
