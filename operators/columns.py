@@ -166,9 +166,8 @@ class SeriesColumns:
                 "gp_typical": (0, np.float64, np.nan),
             }
         self._fields = widths
-        for name, (width, dtype, fill) in widths.items():
-            shape = (FIRST_ROWS, width) if width else (FIRST_ROWS,)
-            self.a[name] = np.full(shape, fill, dtype=dtype)
+        for name in widths:
+            self.a[name] = self._new(name, FIRST_ROWS)
 
     # -- rows ---------------------------------------------------------------
 
@@ -186,12 +185,29 @@ class SeriesColumns:
             self.names.append(series)
         return row
 
+    def _new(self, name: str, rows: int) -> np.ndarray:
+        width, dtype, fill = self._fields[name]
+        shape = (rows, width) if width else (rows,)
+        if fill == 0:  # zeroed pages come from the system on first touch
+            return np.zeros(shape, dtype=dtype)
+        return np.full(shape, fill, dtype=dtype)
+
     def _grow(self, rows: int) -> None:
-        for name, (width, dtype, fill) in self._fields.items():
-            old = self.a[name]
-            new = np.full((rows, width) if width else (rows,), fill, dtype=dtype)
+        for name, old in self.a.items():
+            new = self._new(name, rows)
             new[: len(old)] = old
             self.a[name] = new
+
+    def _ring_lengths(self, n: int) -> dict[str, IntArray]:
+        """How many values each of the first ``n`` rows' rings hold (its first columns)."""
+        a = self.a
+        lengths = {
+            "rz_hist": np.minimum(a["rz_count"][:n], self.spec.robust.window),
+            "al_recent": a["al_len"][:n],
+        }
+        if "gp_hist" in a:
+            lengths["gp_hist"] = a["gp_len"][:n]
+        return lengths
 
     # -- objects <-> rows ---------------------------------------------------
 
@@ -321,9 +337,13 @@ class SeriesColumns:
         for row, state in self.live.items():
             self.put(self.names[row], state)
         n = len(self.names)
-        return ColumnSnapshot(
-            list(self.names), {k: v[:n] for k, v in self.a.items()}, self._spec_key()
-        )
+        arrays: dict[str, np.ndarray] = {k: v[:n] for k, v in self.a.items()}
+        for name, length in self._ring_lengths(n).items():
+            # A ring fills from its first column: keep only the values it holds.
+            width = arrays[name].shape[1]
+            if (length < width).any():
+                arrays[name] = arrays[name][np.arange(width) < length[:, None]]
+        return ColumnSnapshot(list(self.names), arrays, self._spec_key())
 
     def _spec_key(self) -> tuple[Any, ...]:
         spec = self.spec
@@ -338,8 +358,16 @@ class SeriesColumns:
         n = len(snap.names)
         if n > len(self.a["last_ts"]):
             self._grow(max(n, FIRST_ROWS))
+        rings = {k: v for k, v in snap.arrays.items() if self.a[k].ndim == 2}
         for k, v in snap.arrays.items():
-            self.a[k][:n] = v
+            if k not in rings:
+                self.a[k][:n] = v
+        for name, length in self._ring_lengths(n).items():
+            values = rings[name]
+            if values.ndim == 2:
+                self.a[name][:n] = values
+            else:  # only the values held (see snapshot)
+                self.a[name][:n][np.arange(self.a[name].shape[1]) < length[:, None]] = values
         self.names = list(snap.names)
         self.index = {name: i for i, name in enumerate(self.names)}
         return True
