@@ -36,11 +36,17 @@ is damped (multiplied by ``damping``) unless it exceeds ``s - decay * (j - i)``,
 a refractory bar that falls by ``decay`` decimal digits per reading.
 
 What the detector learns from readings it flags is a choice (``flagged``):
-``learn`` everything, ``skip`` values whose rarity surprise reaches
-``flag_level`` (so the anomaly is not learned as normal), or ``clip`` them to
-the edge of the current tail (down-weighting). A run of ``max_skip`` flagged
-readings in a row is learned anyway, so a level shift becomes the new normal
-instead of freezing the model.
+``learn`` everything, ``skip`` readings whose rarity surprise reaches
+``flag_level`` (so the anomaly is not learned as normal), or ``clip`` their
+values to the edge of the current tail (down-weighting; their residuals are
+skipped). The rarity that flags a reading is its rarity *for the time of day*
+once there is a daily context, its overall rarity before. The seasonal
+residuals make the narrower tail, so a value wrong for its hour is flagged even
+when its level is common at other hours, and it widens neither the value nor
+the residual tail; a level the series shows every day at this hour is learned
+even when it is extreme overall. A run of ``max_skip`` flagged readings in a
+row is learned anyway, so a level shift becomes the new normal instead of
+freezing the model.
 
 The models (sorted windows and tail fits) are refreshed every ``refresh``
 readings, and at ``min_history`` and each doubling of it while warming up.
@@ -110,8 +116,9 @@ class ContextSurprise(RefreshingDetector):
         refresh: Readings between two refreshes of the model.
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
-        flagged: What is learned from flagged values: ``learn``, ``skip`` or ``clip``.
-        flag_level: Rarity surprise (digits) at which a value is flagged.
+        flagged: What is learned from flagged readings: ``learn``, ``skip`` or ``clip``.
+        flag_level: Rarity surprise (digits) at which a reading is flagged: for the
+            time of day where there is a daily context, overall before.
         max_skip: Flagged values in a row after which they are learned anyway.
         max_surprise: Cap of the surprise, in decimal digits.
         xi_max: Largest generalised Pareto shape of a tail fit.
@@ -333,12 +340,12 @@ class ContextSurprise(RefreshingDetector):
         held: FloatArray = _windows(ext, self.persist).min(axis=1)
         return held
 
-    def _learn_mask(self, rare: FloatArray, finite: BoolArray) -> BoolArray:
-        """Which values are learned as they are (the rest are skipped or clipped)."""
+    def _learn_mask(self, rarity: FloatArray, finite: BoolArray) -> BoolArray:
+        """Which readings are learned as they are (the rest are skipped or clipped)."""
         learn = finite.copy()
         if self.flagged == "learn":
             return learn
-        flagged = np.flatnonzero((rare >= self.flag_level) & finite)
+        flagged = np.flatnonzero((rarity >= self.flag_level) & finite)
         last = -1 if self._skips else -2
         for i in flagged.tolist():
             # A run of flagged values continues only through consecutive readings.
@@ -348,7 +355,7 @@ class ContextSurprise(RefreshingDetector):
                 learn[i] = False
             else:
                 self._skips = 0
-        if len(flagged) == 0 or flagged[-1] != len(rare) - 1:
+        if len(flagged) == 0 or flagged[-1] != len(rarity) - 1:
             self._skips = 0
         return learn
 
@@ -400,7 +407,9 @@ class ContextSurprise(RefreshingDetector):
         under = total <= bars[:-1] - self.decay * index
         out = np.where(under, total * self.damping, total)
 
-        learn = self._learn_mask(rare, finite)
+        # Flagged by the time-of-day residual where there is one: the narrower tail.
+        daily = np.isfinite(resids) & (resid_model is not None)
+        learn = self._learn_mask(np.where(daily, rare_tod, rare), finite)
         learned = safe[learn]
         if self.flagged == "clip" and value_model is not None:
             clipped = finite & ~learn
@@ -409,7 +418,7 @@ class ContextSurprise(RefreshingDetector):
             ]
         self._values = np.concatenate((self._values, learned))
         self._dists = _append32(self._dists, dists)
-        self._resids = _append32(self._resids, resids)
+        self._resids = _append32(self._resids, np.where(learn, resids, np.nan))
         self._season_dists = _append32(self._season_dists, season_dists)
         self.count += n
         return out

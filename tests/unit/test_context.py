@@ -78,6 +78,26 @@ def test_a_level_wrong_for_the_hour_fires_the_seasonal_channel_once_it_persists(
     assert scores[2] > 4.0
 
 
+def test_a_level_wrong_for_the_hour_is_learned_neither_as_a_value_nor_as_a_residual() -> None:
+    xs = daily_wave(40, seed=8)
+    start = 24 * 30 + 4
+    xs[start : start + 6] = xs[start - 12 : start - 6]  # the night's levels in the morning
+    d = ContextSurprise()
+    d.observe_intervals(np.full(8, 3600.0))
+    d.score_learn_many(xs[:start])
+    values, resids = d._values.copy(), d._resids.copy()
+    d.score_learn_many(xs[start : start + 6])
+    parts = d.explain()
+    # Ordinary overall, so rarity alone would have learned them; wrong for the hour, so not.
+    assert parts["rare"].max() < 2.0 < d.flag_level < parts["rare for the time of day"].min()
+    assert np.array_equal(d._values, values)
+    assert np.array_equal(d._resids, resids)
+    # A day later the hour's usual levels are learned again, values and residuals.
+    d.score_learn_many(xs[start + 6 : start + 30])
+    assert np.array_equal(d._values[-6:], xs[start + 24 : start + 30])
+    assert len(d._resids) == len(resids) + 24
+
+
 def test_a_weekly_spike_stops_being_news_with_the_weekly_context() -> None:
     xs = daily_wave(7 * 8, seed=9)
     spikes = np.arange(24 * 7 + 12, len(xs), 24 * 7)  # noon, once a week: a weekly job
