@@ -354,20 +354,9 @@ class ScoredBatch:
 class ScoredRows:
     """Scored readings of many series, one row each: a round of the columnar score step.
 
-    The columns of :class:`ScoredBatch`, with the series named per reading.
-
-    Attributes:
-        series: Key of each reading's series.
-        ts_ms: Event times, epoch milliseconds.
-        values: Raw values.
-        labels: Ground truth per reading.
-        raw_scores: The detector's own scores.
-        scores: Calibrated scores in [0, 1].
-        alerted: Whether each reading raised an alert.
-        threshold: The alert threshold the calibrated scores were held to.
-        detector: Name of the detector.
-        alerts: The alerts raised by these readings.
-
+    The columns of :class:`ScoredBatch` (no ``expected``), except that
+    ``series`` names each reading's series and ``alerts`` holds the alerts of
+    all of them.
     """
 
     series: tuple[str, ...]
