@@ -205,6 +205,42 @@ def start_flow(env: dict[str, str], work: Path, processes: int) -> list[subproce
     return procs
 
 
+def interrupt(procs: list[subprocess.Popen[bytes]], grace_s: float = 60.0) -> str:
+    """Stop a tailing flow with SIGINT (it closes its sinks); how it stopped.
+
+    Returns ``"interrupted"``, or ``"killed"`` when a process was still running
+    ``grace_s`` after the signal (sent twice): once in a long run here a
+    Bytewax worker stayed parked and never acted on the signal. The processes
+    are left for :func:`wait_flow` to reap (it reads their resource usage).
+    """
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    again = time.monotonic() + grace_s / 2
+    while time.monotonic() < deadline:
+        running = [p for p in procs if _running(p.pid)]
+        if not running:
+            return "interrupted"
+        if again and time.monotonic() > again:
+            for proc in running:
+                proc.send_signal(signal.SIGINT)
+            again = 0.0
+        time.sleep(0.1)
+    for proc in procs:
+        if _running(proc.pid):
+            proc.kill()
+    return "killed"
+
+
+def _running(pid: int) -> bool:
+    """Whether a child process has not exited yet (an exited one stays a zombie until reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def flow_log(work: Path, topic: str) -> str:
     """The logs of every process of the last run on ``topic``."""
     return "".join(p.read_text(errors="replace") for p in sorted(work.glob(f"{topic}.*.log")))
@@ -405,8 +441,7 @@ def latency(broker: MockKafkaBroker, work: Path, args: argparse.Namespace) -> di
     offered_s = time.perf_counter() - started
     prod.flush(60)
     time.sleep(args.drain)
-    for proc in procs:
-        proc.send_signal(signal.SIGINT)  # the flow stops and closes its sinks
+    stopped = interrupt(procs)
     # An interrupted Bytewax run exits non-zero; what it processed is in its log.
     peak, _cpu = wait_flow(procs, work, topic, check=False)
     processed = sum(int(n) for n in LOGGED.findall(flow_log(work, topic)))
@@ -436,6 +471,7 @@ def latency(broker: MockKafkaBroker, work: Path, args: argparse.Namespace) -> di
         "partitions": args.partitions,
         "processes": args.processes,
         "readings_processed": processed,
+        "flow_stopped": stopped,
         "alerts_measured": len(lat),
         "alerts_unmatched": unmatched,
         "p50_ms": pct(0.50),
