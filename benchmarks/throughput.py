@@ -21,7 +21,14 @@ the same run and interleaved so that the machine's load hits both alike:
 ``flow_eps`` is ``events / (median flow - median empty)`` (steady state, start-up
 excluded) and ``raw_consume_eps`` likewise ``events / (median raw - median raw
 empty)``; the ``*_with_startup`` figures are the medians of ``events / run``.
-``ratio`` is ``flow_eps / raw_consume_eps``. The run fails unless the raw consumer
+``ratio`` is ``flow_eps / raw_consume_eps``. Start-up varies by a few tenths of a
+second between runs (two processes, more), which at a few hundred thousand events
+is a large part of the steady time; so the same runs are also timed from their
+first message to their last: ``raw_consume_eps_working`` from the raw consumer's
+first non-empty fetch to its last, ``flow_eps_working`` from the first scored
+readings reaching the Rerun sink to the last (its closing log line, earliest to
+latest over the processes), and ``ratio_working`` is their ratio (medians of the
+repeats). The run fails unless the raw consumer
 counts every produced message and the flow's Rerun sink logs every reading.
 ``peak_rss_mib`` is the largest peak resident memory of a flow process (``wait4``
 rusage). On a shared machine the wall-clock rates move with the load; the CPU
@@ -64,6 +71,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +93,8 @@ KAFKA_CONFIG = {"fetch.wait.max.ms": "10", "fetch.queue.backoff.ms": "5"}
 _EOF = KafkaError._PARTITION_EOF
 #: The Rerun sink's closing log line: every reading that went through the flow.
 LOGGED = re.compile(r"logged (\d+) readings")
+#: The Rerun sink's closing line on when scored readings reached it (wall clock).
+ARRIVED = re.compile(r"scored readings arrived from ([\d.]+) to ([\d.]+)")
 
 
 def producer(bootstrap: str, linger_ms: int) -> Producer:
@@ -129,9 +139,16 @@ def fill(bootstrap: str, topic: str, cfg: SensorSimConfig, partitions: int) -> i
     return count
 
 
-def raw_consume(bootstrap: str, topic: str, partitions: int) -> tuple[int, float]:
-    """Messages read from the beginning to the end of every partition, and the seconds taken."""
+def raw_consume(bootstrap: str, topic: str, partitions: int) -> tuple[int, float, float]:
+    """Messages read from the beginning to the end of every partition, and the seconds taken.
+
+    Returns:
+        The messages, the seconds from start to end, and the seconds from the
+        first message to the last (connection and metadata left out).
+
+    """
     started = time.perf_counter()
+    first = last = 0.0
     consumer = Consumer(
         {
             **DEFAULT_CONSUMER_CONFIG,
@@ -145,7 +162,11 @@ def raw_consume(bootstrap: str, topic: str, partitions: int) -> tuple[int, float
     pending = set(range(partitions))
     count = 0
     while pending:
-        for m in consumer.consume(10_000, 0.01):
+        msgs = consumer.consume(10_000, 0.01)
+        if msgs:
+            last = time.perf_counter()
+            first = first or last
+        for m in msgs:
             err = m.error()
             if err is None:
                 count += 1
@@ -155,7 +176,7 @@ def raw_consume(bootstrap: str, topic: str, partitions: int) -> tuple[int, float
                 raise RuntimeError(f"raw consume of {topic!r}: {err}")
     elapsed = time.perf_counter() - started
     consumer.close()
-    return count, elapsed
+    return count, elapsed, last - first
 
 
 def flow_env(bootstrap: str, topic: str, work: Path, *, tail: bool) -> dict[str, str]:
@@ -286,39 +307,48 @@ def throughput(
     raw_s: list[float] = []
     empty_s: list[float] = []
     flow_s: list[float] = []
+    raw_working_s: list[float] = []
+    flow_working_s: list[float] = []
     rss: list[float] = []
     cpu: dict[str, list[float]] = {"raw": [], "raw_empty": [], "flow": [], "empty": []}
     for i in range(args.repeats):
         before = time.process_time()
-        _, seconds = raw_consume(broker.bootstrap, empty, args.partitions)
+        _, seconds, _ = raw_consume(broker.bootstrap, empty, args.partitions)
         cpu["raw_empty"].append(time.process_time() - before)
         raw_empty_s.append(seconds)
         before = time.process_time()
-        count, seconds = raw_consume(broker.bootstrap, topic, args.partitions)
+        count, seconds, working = raw_consume(broker.bootstrap, topic, args.partitions)
         cpu["raw"].append(time.process_time() - before)
         if count != produced:
             msg = f"{topic!r} holds {count} of {produced} messages: lower --events"
             raise RuntimeError(msg)
         raw_s.append(seconds)
-        seconds, _, _, flow_cpu = run_flow_on(broker, empty, f"r{i}", args, work)
-        empty_s.append(seconds)
-        cpu["empty"].append(flow_cpu)
-        seconds, peak, logged, flow_cpu = run_flow_on(broker, topic, f"r{i}", args, work)
-        if logged != produced:
-            raise RuntimeError(f"the flow's Rerun sink logged {logged} of {produced} readings")
-        flow_s.append(seconds)
-        cpu["flow"].append(flow_cpu)
-        rss.append(peak)
+        raw_working_s.append(working)
+        idle = run_flow_on(broker, empty, f"r{i}", args, work)
+        empty_s.append(idle.seconds)
+        cpu["empty"].append(idle.cpu_s)
+        run = run_flow_on(broker, topic, f"r{i}", args, work)
+        if run.logged != produced or run.working_s is None:
+            raise RuntimeError(f"the flow's Rerun sink logged {run.logged} of {produced} readings")
+        flow_s.append(run.seconds)
+        flow_working_s.append(run.working_s)
+        cpu["flow"].append(run.cpu_s)
+        rss.append(run.peak_mib)
     alerts = read_values(broker.bootstrap, f"{topic}-r0-alerts")
     dead = read_values(broker.bootstrap, f"{topic}-r0-dlq")
     raw_eps = steady_rate(produced, raw_s, raw_empty_s)
     flow_eps = steady_rate(produced, flow_s, empty_s)
     raw_cpu = per_event_us(produced, cpu["raw"], cpu["raw_empty"])
     flow_cpu = per_event_us(produced, cpu["flow"], cpu["empty"])
+    raw_working = round(produced / statistics.median(raw_working_s))
+    flow_working = round(produced / statistics.median(flow_working_s))
     return {
         "raw_consume_eps": raw_eps,
         "flow_eps": flow_eps,
         "ratio": round(flow_eps / raw_eps, 4) if flow_eps and raw_eps else None,
+        "raw_consume_eps_working": raw_working,
+        "flow_eps_working": flow_working,
+        "ratio_working": round(flow_working / raw_working, 4),
         "events": produced,
         "series": series,
         "partitions": args.partitions,
@@ -332,6 +362,8 @@ def throughput(
         "raw_empty_s": [round(s, 3) for s in raw_empty_s],
         "empty_s": [round(s, 3) for s in empty_s],
         "flow_s": [round(s, 3) for s in flow_s],
+        "raw_working_s": [round(s, 3) for s in raw_working_s],
+        "flow_working_s": [round(s, 3) for s in flow_working_s],
         "peak_rss_mib": round(max(rss), 1),
         "raw_cpu_us": raw_cpu,
         "flow_cpu_us": flow_cpu,
@@ -353,16 +385,31 @@ def steady_rate(events: int, runs: list[float], startups: list[float]) -> int | 
     return round(events / steady) if steady > 0 else None
 
 
-def run_flow_on(
-    broker: MockKafkaBroker, topic: str, run: str, args: argparse.Namespace, work: Path
-) -> tuple[float, float, int, float]:
-    """Run the flow to the end of ``topic``, writing to ``<topic>-<run>-alerts`` and ``-dlq``.
+@dataclass(frozen=True)
+class FlowRun:
+    """One run of the flow to the end of a topic.
 
-    Returns:
-        Seconds from start to exit, peak resident MiB, readings the Rerun sink
-        logged, CPU seconds of the flow's processes.
+    Attributes:
+        seconds: From start to exit.
+        peak_mib: Largest peak resident MiB of its processes.
+        logged: Readings the Rerun sink logged.
+        cpu_s: CPU seconds of all its processes.
+        working_s: From the first scored reading to the last, over all
+            processes (start-up and shut-down left out); ``None`` with no reading.
 
     """
+
+    seconds: float
+    peak_mib: float
+    logged: int
+    cpu_s: float
+    working_s: float | None
+
+
+def run_flow_on(
+    broker: MockKafkaBroker, topic: str, run: str, args: argparse.Namespace, work: Path
+) -> FlowRun:
+    """Run the flow to the end of ``topic``, writing to ``<topic>-<run>-alerts`` and ``-dlq``."""
     alerts, dlq = f"{topic}-{run}-alerts", f"{topic}-{run}-dlq"
     broker.create_topic(alerts, 1)
     broker.create_topic(dlq, 1)
@@ -373,7 +420,10 @@ def run_flow_on(
     started = time.perf_counter()
     peak, cpu = wait_flow(start_flow(env, work, args.processes), work, topic)
     elapsed = time.perf_counter() - started
-    return elapsed, peak, sum(int(n) for n in LOGGED.findall(flow_log(work, topic))), cpu
+    log = flow_log(work, topic)
+    spans = [(float(a), float(b)) for a, b in ARRIVED.findall(log)]
+    working = max(b for _, b in spans) - min(a for a, _ in spans) if spans else None
+    return FlowRun(elapsed, peak, sum(int(n) for n in LOGGED.findall(log)), cpu, working)
 
 
 def read_messages(bootstrap: str, topic: str) -> Iterator[tuple[bytes, int]]:

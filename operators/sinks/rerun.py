@@ -231,9 +231,16 @@ class _RerunPartition(StatelessSinkPartition[Scored]):
         self._others_path = f"{rr.escape_entity_path_part(labels.entity)}/other-series"
         self._others_seen: set[str] = set()
         self._due = time.monotonic() + cfg.flush_s
+        # Wall clock of the first and latest scored readings: how long the flow worked.
+        self._arrived: tuple[float, float] | None = None
         logger.info("%s: worker %d logs to %s", step_id, worker_index, self._dest)
 
     def write_batch(self, items: list[Scored]) -> None:
+        now_wall = time.time()
+        if self._arrived is None:
+            self._arrived = (now_wall, now_wall)
+        else:
+            self._arrived = (self._arrived[0], now_wall)
         drawn = self._paths.keys() | self._pending.keys()
         for batch in items:
             if not len(batch):
@@ -428,6 +435,9 @@ class _RerunPartition(StatelessSinkPartition[Scored]):
             len(self._paths),
             len(self._others_seen),
         )
+        if self._arrived is not None:
+            first, last = self._arrived
+            logger.info("scored readings arrived from %.3f to %.3f (Unix time, s)", first, last)
 
 
 def _timestamps(ts_ms: IntArray) -> rr.TimeColumn:
