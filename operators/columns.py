@@ -13,18 +13,24 @@ window of numbers, so a shard keeps them as arrays with a row per series:
   each step of each detector's per-event form (``score_one`` then
   ``learn_one``) is one array operation over the round's rows, and a window's
   median, MAD or noise level is refreshed for all the rows due at once;
-* a snapshot pickles the arrays as they are (no object per series).
+* a snapshot pickles the arrays, each ring cut to the values it holds.
 
 Windows are rings: a value overwrites the oldest in its row, one write per
-row. Medians ignore order; the noise level, from successive differences,
+row, and a young window fills a row from its first column. Medians ignore
+order (a batch of windows of different lengths is sorted at once, the empty
+places NaN, which sorts last); the noise level, from successive differences,
 reads a ring oldest first, the order in which the per-series objects hold it.
 Every number is the one the per-series path gives: the same float operations
-in the same order, medians being order statistics. A series' batch of more
-than one reading, a reading out of event-time order and a reading at or above
-the alert threshold take the per-series functions on the series' state
-rebuilt as objects (:meth:`SeriesColumns.state`), written back afterwards. A
-test scores the same streams both ways and compares every output and the
-state left behind.
+in the same order, medians being order statistics.
+
+A reading out of event-time order and a reading at or above the alert
+threshold take the per-series functions on the series' state rebuilt as
+objects (:meth:`SeriesColumns.state_of_row`). So does a series with a long
+batch (the shard step decides, :data:`operators.shards.LONG_BATCH`): its
+objects stay *live* while its batches stay long and are written back into the
+row (:meth:`SeriesColumns.settle`) before it joins a round again, or at a
+snapshot. A test scores the same streams both ways and compares every output
+and the state left behind.
 
 Example:
     >>> from operators.alerting import AlertPolicy

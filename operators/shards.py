@@ -6,18 +6,20 @@ the number of series: with 10,000 sensors a 1,000-message batch becomes
 1,000 items of one reading each, three times over. Here the series are
 spread over a fixed number of *shards* (``crc32(series) % shards``):
 
-    raw batch -> decode -> one item per shard (its series' batches)
+    raw batch -> decode -> one ShardBatch per shard touched (columns, grouped
+                 by series; no object per series)
               -> score: normalize, detect, alert policy per series, in one
-                 stateful step whose state per shard maps series to state
-              -> scored batches and dead letters
+                 stateful step whose state per shard holds its series
+              -> scored rounds or batches, and dead letters
 
-A shard's snapshot is the pickled state of each of its series, re-pickled
-only for the series that changed since the previous snapshot, numpy arrays
-as plain bytes (:mod:`operators.snapshot`). Each series is still scored
-with its own state and the same functions as the per-series steps of
-:mod:`operators.steps` (its one-reading batches all together,
-:mod:`operators.singles`), so the numbers are the same; only the grouping
-differs.
+For settings whose state is all numbers (the sensors flow's), a shard keeps
+its series in columns and scores their short batches in rounds
+(:mod:`operators.columns`); for others (the ``context`` detector, a
+normalizer that learns) it keeps each series' state as objects, pickled
+series by series at snapshots (:mod:`operators.snapshot`), and scores the
+one-reading batches together (:mod:`operators.singles`). Either way each
+series is scored with the numbers of the per-series functions of
+:mod:`operators.steps`; only the grouping differs.
 
 Example:
     >>> shard_of("3", 64), shard_of("3", 64) == shard_of("3", 64)
