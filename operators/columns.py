@@ -54,7 +54,7 @@ import numpy as np
 from operators.alerting import RECENT_WINDOW, AlertPolicy, AlertState
 from operators.calibrate import calibrate
 from operators.detectors import make_detector
-from operators.detectors.robust import MAD_TO_SIGMA, Flatline, Gap, RobustZ
+from operators.detectors.robust import MAD_TO_SIGMA, Flatline, Gap, RobustZ, padded_medians
 from operators.detectors.scale import diff_sigmas, finite_z, scale_floor
 from operators.events import (
     Alert,
@@ -521,9 +521,9 @@ class SeriesColumns:
             r, c = rows[stats], count[stats]
             k = np.minimum(c, rz.window)
             window = _padded(a["rz_hist"], r, k)
-            med_now = _medians(window, k)
+            med_now = padded_medians(window, k)
             a["rz_median"][r] = med_now
-            a["rz_mad"][r] = _medians(np.abs(window - med_now[:, None]), k)
+            a["rz_mad"][r] = padded_medians(np.abs(window - med_now[:, None]), k)
         return raw
 
     def _fold_long_run(self, rows: IntArray, count: IntArray) -> None:
@@ -600,7 +600,7 @@ class SeriesColumns:
         due = ~young & ((before < gap.window) | (dropped != iv))
         if due.any():
             sub, k = r[due], length[due]
-            a["gp_typical"][sub] = _medians(_padded(hist, sub, k), k)
+            a["gp_typical"][sub] = padded_medians(_padded(hist, sub, k), k)
         return raw, interval
 
     def _note_ordinary(self, rows: IntArray, values: FloatArray) -> None:
@@ -643,19 +643,6 @@ def _padded(array: np.ndarray, rows: IntArray, lengths: IntArray) -> FloatArray:
     if (lengths < array.shape[1]).any():
         window[np.arange(array.shape[1]) >= lengths[:, None]] = np.nan
     return window
-
-
-def _medians(window: FloatArray, lengths: IntArray) -> FloatArray:
-    """The median of each row's first ``length`` values in sorted order (NaN sorts last).
-
-    The same numbers as :func:`~operators.detectors.robust.row_medians` of each
-    window alone: the middle value, or for an even count the mean of the two.
-    """
-    ordered = np.sort(window, axis=1)
-    at = np.arange(len(window))
-    upper = ordered[at, lengths // 2]
-    lower = ordered[at, (lengths - 1) // 2]
-    return np.where(lengths % 2 == 1, upper, (lower + upper) / 2.0)
 
 
 def _windows(

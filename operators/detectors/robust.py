@@ -65,6 +65,37 @@ def row_medians(rows: FloatArray) -> FloatArray:
     return (part[:, half - 1] + part[:, half]) / 2.0
 
 
+def padded_medians(rows: FloatArray, lengths: IntArray) -> FloatArray:
+    """Median of the first ``lengths[i]`` values of each row, the rest NaN (at least one value).
+
+    NaN sorts last, so one sort serves windows of every length, and the
+    numbers are :func:`row_medians`' of each window alone: the middle value, or
+    for an even count the mean of the two.
+
+    Example:
+        >>> rows = np.array([[3.0, 1.0, np.nan], [5.0, 4.0, 6.0]])
+        >>> padded_medians(rows, np.array([2, 3])).tolist()
+        [2.0, 5.0]
+
+    """
+    ordered = np.sort(rows, axis=1)
+    at = np.arange(len(rows))
+    upper = ordered[at, lengths // 2]
+    lower = ordered[at, (lengths - 1) // 2]
+    return np.where(lengths % 2 == 1, upper, (lower + upper) / 2.0)
+
+
+def prefix_windows(values: FloatArray, lengths: IntArray) -> FloatArray:
+    """Rows of the first ``lengths[i]`` values of ``values``, NaN after them.
+
+    The windows of a series' first values, for :func:`padded_medians`.
+    """
+    width = int(lengths.max())
+    rows = np.broadcast_to(values[:width], (len(lengths), width)).copy()
+    rows[np.arange(width) >= lengths[:, None]] = np.nan
+    return rows
+
+
 def repeat_runs(same: BoolArray, carried: int) -> IntArray:
     """Length of the run of repeats ending at each position (0 where no repeat).
 
@@ -214,10 +245,11 @@ class RobustZ(Detector):
             rows = sliding_window_view(joined, self.window)[ends[full] - self.window]
             meds[full] = row_medians(rows)
             mads[full] = row_medians(np.abs(rows - meds[full, None]))
-        for k in np.flatnonzero(~full).tolist():  # a young series' partial windows
-            part = joined[: ends[k]]
-            meds[k] = np.median(part)
-            mads[k] = np.median(np.abs(part - meds[k]))
+        young = ~full
+        if young.any():  # a young series' windows: all that it has learned
+            rows = prefix_windows(joined, ends[young])
+            meds[young] = padded_medians(rows, ends[young])
+            mads[young] = padded_medians(np.abs(rows - meds[young, None]), ends[young])
         # Stats in force for each element: the last refresh before it, else the carried ones.
         latest = np.searchsorted(after, np.arange(n), side="left") - 1
         med = np.concatenate(([self.median], meds))[latest + 1]
@@ -320,6 +352,13 @@ class Flatline(Detector):
         return np.asarray(out, dtype=np.float64)
 
 
+def _missing_many(intervals: FloatArray, typical: FloatArray) -> IntArray:
+    """:meth:`Gap._missing` of each interval against its typical one (NaN: none yet)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.where(typical > 0, np.round(intervals / np.where(typical > 0, typical, 1)), 1)
+    return np.maximum(m.astype(np.int64) - 1, 0)
+
+
 def _window_medians(joined: FloatArray, window: int, count: int) -> FloatArray:
     """Medians of the first ``count`` sliding windows of ``joined``.
 
@@ -391,18 +430,19 @@ class Gap(Detector):
         if n <= SMALL_BATCH:  # the per-event form, with its median kept, is cheaper
             return super().score_learn_many(xs)
         missing = np.zeros(n, dtype=np.int64)
-        i = 0
-        hist = self.history
-        while i < n and len(hist) < self.window:
-            missing[i] = self._missing(float(xs[i]), self._typical_of(hist))
-            hist = np.append(hist, xs[i])
-            i += 1
+        # While the window fills, each interval is judged by the median of all before it.
+        i = min(n, self.window - len(self.history))
+        hist = np.concatenate((self.history, xs[:i]))
+        if i:
+            before = len(self.history) + np.arange(i)  # intervals known before each
+            typical = np.full(i, np.nan)
+            known = before >= self.min_history
+            if known.any():
+                typical[known] = padded_medians(prefix_windows(hist, before[known]), before[known])
+            missing[:i] = _missing_many(xs[:i], typical)
         if i < n:
             joined = np.concatenate((hist, xs[i:]))
-            typical = _window_medians(joined, self.window, n - i)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                m = np.where(typical > 0, np.round(xs[i:] / np.where(typical > 0, typical, 1)), 1)
-            missing[i:] = np.maximum(m.astype(np.int64) - 1, 0)
+            missing[i:] = _missing_many(xs[i:], _window_medians(joined, self.window, n - i))
             hist = joined[-self.window :]
         missing_before = self.missing + np.cumsum(missing) - missing
         slots_before = self.slots + np.cumsum(missing + 1) - (missing + 1)
