@@ -32,8 +32,11 @@ The jitter is ``jitter_frac`` of the period (at least one reading), so "around
 the same time" spans the same hours at any sampling interval.
 
 An event is reported once: after a score ``s`` at reading ``i``, a later score
-is damped (multiplied by ``damping``) unless it exceeds ``s - decay * (j - i)``,
-a refractory bar that falls by ``decay`` decimal digits per reading.
+is damped (multiplied by ``damping``) unless it exceeds both ``s - decay * (j - i)``,
+a refractory bar that falls by ``decay`` decimal digits per reading, and every
+score (before damping) of the last ``hold`` readings. That second bar does not
+fall, so a plateau (the held seasonal channel, values at the edge of the learned
+range) is reported at its first reading only.
 
 What the detector learns from readings it flags is a choice (``flagged``):
 ``learn`` everything, ``skip`` readings whose rarity surprise reaches
@@ -93,7 +96,7 @@ DAYS_PER_WEEK = 7
 # The samples the four tail models are fitted on, and what scoring a stretch changes;
 # every one is rebound, never mutated in place.
 _SAMPLES = ("_values", "_dists", "_resids", "_season_dists")
-_MUTABLE = ("count", *_SAMPLES, "_history", "_held", "_skips", "_bar", "_parts")
+_MUTABLE = ("count", *_SAMPLES, "_history", "_held", "_skips", "_bar", "_totals", "_parts")
 #: Names of the surprises :meth:`ContextSurprise.explain` reports, in digits.
 PARTS = ("rare", "new", "rare for the time of day", "new for the time of day", "seasonal")
 
@@ -116,6 +119,7 @@ class ContextSurprise(RefreshingDetector):
         refresh: Readings between two refreshes of the model.
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
+        hold: Readings whose scores a later score must exceed (0: none), besides the bar.
         flagged: What is learned from flagged readings: ``learn``, ``skip`` or ``clip``.
         flag_level: Rarity surprise (digits) at which a reading is flagged: for the
             time of day where there is a daily context, overall before.
@@ -146,6 +150,7 @@ class ContextSurprise(RefreshingDetector):
         refresh: int = 128,
         decay: float = 0.02,
         damping: float = 0.1,
+        hold: int = 6,
         flagged: str = "skip",
         flag_level: float = 4.0,
         max_skip: int = 50,
@@ -169,10 +174,16 @@ class ContextSurprise(RefreshingDetector):
         if flagged not in FLAGGED_CHOICES:
             msg = f"context: expected flagged in {FLAGGED_CHOICES}, got {flagged!r}"
             raise ValueError(msg)
-        if not 0.0 <= damping <= 1.0 or decay < 0.0 or max_surprise <= 0.0 or not xi_max < 1.0:
+        if (
+            not 0.0 <= damping <= 1.0
+            or decay < 0.0
+            or hold < 0
+            or max_surprise <= 0.0
+            or not xi_max < 1.0
+        ):
             msg = (
-                "context: expected 0 <= damping <= 1, decay >= 0, max_surprise > 0, "
-                f"xi_max < 1, got {damping}, {decay}, {max_surprise}, {xi_max}"
+                "context: expected 0 <= damping <= 1, decay >= 0, hold >= 0, max_surprise > 0, "
+                f"xi_max < 1, got {damping}, {decay}, {hold}, {max_surprise}, {xi_max}"
             )
             raise ValueError(msg)
         self.window = window
@@ -186,6 +197,7 @@ class ContextSurprise(RefreshingDetector):
         self.refresh = refresh
         self.decay = decay
         self.damping = damping
+        self.hold = hold
         self.flagged = flagged
         self.flag_level = flag_level
         self.max_skip = max_skip
@@ -210,6 +222,7 @@ class ContextSurprise(RefreshingDetector):
         self._held = np.zeros(persist - 1)
         self._skips = 0
         self._bar = -math.inf  # refractory bar plus decay * reading index
+        self._totals = np.full(hold, -np.inf)  # the last hold scores before damping
         self._models: tuple[TailModel | None, ...] = ()
         self._parts: tuple[FloatArray, ...] = ()  # per stretch of the last batch, for explain()
         self._fit_models()
@@ -405,7 +418,12 @@ class ContextSurprise(RefreshingDetector):
         bars = np.maximum.accumulate(np.concatenate(([self._bar], lifted)))
         self._bar = float(bars[-1])
         under = total <= bars[:-1] - self.decay * index
-        out = np.where(under, total * self.damping, total)
+        if self.hold:
+            totals = np.concatenate((self._totals, total))
+            self._totals = totals[n:]
+            under |= total <= _windows(totals[:-1], self.hold).max(axis=1)
+        # A non-finite value always scores the cap: it is bad data, not part of an event.
+        out = np.where(under & finite, total * self.damping, total)
 
         # Flagged by the time-of-day residual where there is one: the narrower tail.
         daily = np.isfinite(resids) & (resid_model is not None)

@@ -159,6 +159,23 @@ def test_a_second_event_close_behind_the_first_is_damped() -> None:
     assert out[1100] > 2.0
 
 
+def test_a_plateau_of_scores_reports_once() -> None:
+    xs = daily_wave(40, seed=8)
+    start = 24 * 30 + 4
+    xs[start : start + 6] = xs[start - 10 : start - 4]  # the night's levels, as in the test above
+    out = {}
+    for hold in (0, 6):
+        d = ContextSurprise(hold=hold)
+        d.observe_intervals(np.full(8, 3600.0))
+        d.score_learn_many(xs[:start])
+        out[hold] = d.score_learn_many(xs[start : start + 6])
+    # The held seasonal channel stays near its level for two readings: the falling bar
+    # alone lets both fire; the hold reports the second no more.
+    assert min(out[0][2:4]) > 4.0
+    assert out[6][2] == out[0][2]
+    assert out[6][3] < 0.2 * out[0][3]
+
+
 def test_non_finite_values_score_the_cap_and_are_not_learned() -> None:
     d = ContextSurprise()
     d.score_learn_many(noise(100))
