@@ -120,11 +120,12 @@ def decode_flat(raw: RawBatch, fmt: WireFormat) -> Flat | None:
         return None
     if set(map(type, objs)) != {dict}:
         return None
-    try:  # one C call per message for the three fields every reading has
-        fields = list(map(itemgetter(fmt.series_field, "ts", fmt.value_field), objs))
+    try:  # one C call per message and field, for the three every reading has
+        series = list(map(itemgetter(fmt.series_field), objs))
+        stamps = list(map(itemgetter("ts"), objs))
+        numbers = list(map(itemgetter(fmt.value_field), objs))
     except KeyError:
         return None
-    series, stamps, numbers = zip(*fields, strict=True)
     if set(map(type, series)) != {str}:
         return None
     lengths = set(map(len, series))
