@@ -261,10 +261,14 @@ class _RerunPartition(StatelessSinkPartition[Scored]):
         """Readings of series drawn one by one to their series, the rest to the others."""
         limit = self._cfg.max_series
         picks: list[int] = []
-        for i, name in enumerate(rows.series):
-            if name in drawn or len(drawn) < limit:
-                picks.append(i)
-                drawn.add(name)
+        if len(drawn) >= limit:  # no new series is drawn: a membership test in C per reading
+            known = map(drawn.__contains__, rows.series)
+            picks = np.flatnonzero(np.fromiter(known, bool, len(rows))).tolist()
+        else:
+            for i, name in enumerate(rows.series):
+                if name in drawn or len(drawn) < limit:
+                    picks.append(i)
+                    drawn.add(name)
         for batch in rows.batches(picks):
             self._pending.setdefault(batch.series, []).append(batch)
         if len(picks) == len(rows):
