@@ -478,10 +478,10 @@ class SeriesColumns:
             self._note_ordinary(rows, x)
         series = item.names
         return ScoredRows(
-            series=tuple([series[i] for i in picks.tolist()]),
+            series=tuple(map(series.__getitem__, picks.tolist())),
             ts_ms=ts,
             values=x,
-            labels=tuple([item.labels[p] for p in pos.tolist()]),
+            labels=tuple(map(item.labels.__getitem__, pos.tolist())),
             raw_scores=value_raw,
             scores=scores,
             alerted=alerted,

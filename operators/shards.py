@@ -171,8 +171,8 @@ def decode_shards(raw: RawBatch, fmt: WireFormat, shards: int) -> ShardDecoded:
             groups.setdefault(shard_of(each.series, shards), []).append(each)
         return ShardDecoded([(k, ShardBatch.of(v)) for k, v in groups.items()], out.errs)
     # Series in order of first appearance; readings sorted by (shard, series), stably.
-    index = {name: i for i, name in enumerate(dict.fromkeys(flat.series))}
-    names = list(index)
+    names = list(dict.fromkeys(flat.series))
+    index = dict(zip(names, range(len(names)), strict=True))
     codes = np.fromiter(map(index.__getitem__, flat.series), np.int64, len(flat.series))
     shard_of_name = np.fromiter(_shard_indices(names, shards), np.int64, len(names))
     name_order = stable_order(shard_of_name, shards)
