@@ -381,13 +381,17 @@ class SeriesColumns:
     # -- scoring ------------------------------------------------------------
 
     def rows(self, names: tuple[str, ...]) -> IntArray:
-        """The rows of these series (made for those seen for the first time)."""
+        """The rows of these distinct series (made for those seen for the first time)."""
         get = self.index.get
         found = list(map(get, names))
         if None in found:
-            found = [
-                self.row(name) if r is None else r for name, r in zip(names, found, strict=True)
-            ]
+            new = [name for name, row in zip(names, found, strict=True) if row is None]
+            first, end = len(self.names), len(self.names) + len(new)
+            if end > len(self.a["last_ts"]):
+                self._grow(max(end, 2 * len(self.a["last_ts"])))
+            self.index.update(zip(new, range(first, end), strict=True))
+            self.names.extend(new)
+            found = list(map(get, names))
         return np.array(found, dtype=np.int64)
 
     def score_round(
