@@ -15,7 +15,12 @@ new *for the time of day*. Four surprises ``-log10 p`` (decimal digits) say so:
   The distance to the nearest context value is scored against the recent such
   distances with the same tail model (upper side). A value the series has just
   shown, or shows every day at this hour, is not new: a daily batch job's spike
-  or a level held since the last reading is rare yet expected.
+  or a level held since the last reading is rare yet expected. Nor is an
+  *echo*: a value whose nearest context reading is from close to the same time
+  yesterday (within ``echo_frac`` of the period), and nearer to it than
+  ``echo`` times its distance from the median of the learned values. A daily
+  spike that comes back a little higher or lower is yesterday's again, even
+  when the difference is large next to the series' usual steps.
 * *rare for the time of day*: the seasonal residual (the value minus the median
   of the readings around the same time yesterday or last week, whichever is
   closer) lies in a tail of the recent residuals: a dip at the busiest hour.
@@ -116,6 +121,11 @@ class ContextSurprise(RefreshingDetector):
         max_history: Longest lag of the context in readings; the weekly context
             is left out when it does not fit (bounds the state and the work).
         persist: Readings over which the seasonal channel is held (its least).
+        echo: A value nearest to a reading close to the same time yesterday, and
+            nearer to it than ``echo`` times its own distance from the median of
+            the learned values, is not new (0: no such rule).
+        echo_frac: Share of the period either side of "same time yesterday" in
+            which an echo is looked for (at least one reading, at most the jitter).
         refresh: Readings between two refreshes of the model.
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
@@ -147,6 +157,8 @@ class ContextSurprise(RefreshingDetector):
         max_period: int = 1440,
         max_history: int = 2100,
         persist: int = 3,
+        echo: float = 0.25,
+        echo_frac: float = 0.02,
         refresh: int = 128,
         decay: float = 0.02,
         damping: float = 0.1,
@@ -165,10 +177,11 @@ class ContextSurprise(RefreshingDetector):
                 f"recent={recent}, refresh={refresh}"
             )
             raise ValueError(msg)
-        if not 0.0 <= jitter_frac < 0.5 or persist < 1:
+        if not 0.0 <= jitter_frac < 0.5 or persist < 1 or not (echo >= 0.0 and echo_frac >= 0.0):
             msg = (
-                "context: expected 0 <= jitter_frac < 0.5 and persist >= 1, "
-                f"got jitter_frac={jitter_frac}, persist={persist}"
+                "context: expected 0 <= jitter_frac < 0.5, persist >= 1, echo >= 0 and "
+                f"echo_frac >= 0, got jitter_frac={jitter_frac}, persist={persist}, "
+                f"echo={echo}, echo_frac={echo_frac}"
             )
             raise ValueError(msg)
         if flagged not in FLAGGED_CHOICES:
@@ -194,6 +207,8 @@ class ContextSurprise(RefreshingDetector):
         self.max_period = max_period
         self.max_history = max_history
         self.persist = persist
+        self.echo = echo
+        self.echo_frac = echo_frac
         self.refresh = refresh
         self.decay = decay
         self.damping = damping
@@ -205,7 +220,7 @@ class ContextSurprise(RefreshingDetector):
         self.xi_max = xi_max
         self.season_s = season_s
         self.count = 0
-        self.period = self.jitter = self.week = 0
+        self.period = self.jitter = self.week = self.echo_jitter = 0
         self._intervals: list[float] = []
         if period is not None:
             self._set_period(period)
@@ -234,6 +249,13 @@ class ContextSurprise(RefreshingDetector):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # A state pickled before ``hold`` and ``echo`` existed resumes as the
+        # detector then was: neither rule.
+        state.setdefault("hold", 0)
+        state.setdefault("_totals", np.full(state["hold"], -np.inf))
+        state.setdefault("echo", 0.0)
+        state.setdefault("echo_frac", 0.0)
+        state.setdefault("echo_jitter", 0)
         self.__dict__.update(state)
         self._parts = ()
         self._fit_models()
@@ -243,6 +265,7 @@ class ContextSurprise(RefreshingDetector):
         if not 2 * jitter < period <= self.max_period:
             return
         self.period, self.jitter = period, jitter
+        self.echo_jitter = min(jitter, max(1, round(self.echo_frac * period)))
         week = DAYS_PER_WEEK * period
         self.week = week if week + jitter <= self.max_history else 0
 
@@ -292,13 +315,14 @@ class ContextSurprise(RefreshingDetector):
                 groups.append((lag - self.jitter, lag + self.jitter))
         return groups
 
-    def _context(self, xs: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Per value: distance to the nearest context value, seasonal residual and distance.
+    def _context(self, xs: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Per value: distance to the nearest context value, seasonal residual and distances.
 
         The residual is the value minus the median of the readings around the
         same time yesterday or last week, whichever is smaller (a median needs
         all its readings); the seasonal distance is to the nearest of those
-        readings. NaN where there is no such context yet.
+        readings, the last one to the nearest of yesterday's within ``echo_jitter``
+        of the same time. NaN (the last: infinite) where there is no such context yet.
         """
         n = len(xs)
         groups = self._lag_groups()
@@ -310,18 +334,28 @@ class ContextSurprise(RefreshingDetector):
         # A missing reading (before the start, or not finite) is never the nearest.
         near = np.where(np.isfinite(ext), ext, np.inf)
 
+        def distances(rows: slice, width: int) -> FloatArray:
+            apart: FloatArray = np.abs(xs32[:, None] - _windows(near[rows], width))
+            return apart
+
         def nearest(rows: slice, width: int) -> FloatArray:
-            closest: FloatArray = np.abs(xs32[:, None] - _windows(near[rows], width)).min(axis=1)
+            closest: FloatArray = distances(rows, width).min(axis=1)
             return closest
 
         # Row i of a group's windows holds value i's readings first..last back.
         first, last = groups[0]
         recent = nearest(slice(span - last, span - first + n), last - first + 1)
         season = np.full(n, np.inf)
+        yesterday = np.full(n, np.inf)
         resids = np.full(n, np.nan)
-        for first, last in groups[1:]:
+        for k, (first, last) in enumerate(groups[1:]):
             rows = slice(span - last, span - first + n)
-            season = np.minimum(season, nearest(rows, last - first + 1))
+            apart = distances(rows, last - first + 1)
+            if k == 0:
+                # The same time yesterday sits mid-row, its echo window around it.
+                middle = slice(self.jitter - self.echo_jitter, self.jitter + self.echo_jitter + 1)
+                yesterday = apart[:, middle].min(axis=1)
+            season = np.minimum(season, apart.min(axis=1))
             resid = xs32 - self._medians(ext[rows], n)
             smaller = np.isnan(resids) | (np.abs(resid) < np.abs(resids))
             resids = np.where(smaller, resid, resids)
@@ -330,7 +364,7 @@ class ContextSurprise(RefreshingDetector):
         season[~np.isfinite(season)] = np.nan
         keep = min(span, len(history) + n)
         self._history = ext[len(ext) - keep :].astype(np.float32)
-        return dists, resids, season
+        return dists, resids, season, yesterday
 
     @staticmethod
     def _medians(seg: FloatArray, n: int) -> FloatArray:
@@ -401,10 +435,17 @@ class ContextSurprise(RefreshingDetector):
         n = len(xs)
         finite = np.isfinite(xs)
         safe = np.where(finite, xs, 0.0)
-        dists, resids, season_dists = self._context(np.where(finite, xs, np.nan))
+        dists, resids, season_dists, yesterday = self._context(np.where(finite, xs, np.nan))
         value_model, dist_model, resid_model, season_model = self._models
         rare = tail_surprise(value_model, safe, two_sided=True)
         new = tail_surprise(dist_model, dists, two_sided=False)
+        if value_model is not None:
+            # An echo of yesterday: its nearest context reading is from about the same
+            # time then, and close next to how far the value lies from the middle.
+            sample = value_model.sorted
+            excursion = np.abs(safe - sample[len(sample) // 2])
+            echo = (yesterday <= dists) & (yesterday < self.echo * excursion)
+            new = np.where(echo, 0.0, new)
         rare_tod = tail_surprise(resid_model, resids, two_sided=True)
         new_tod = tail_surprise(season_model, season_dists, two_sided=False)
         seasonal = self._hold(np.minimum(rare_tod, new_tod))

@@ -123,6 +123,24 @@ def test_a_spike_at_the_same_time_every_day_stops_being_news_with_a_period() -> 
     assert blind[spikes[1:]].min() > 2.0
 
 
+def test_a_daily_spike_a_little_higher_each_day_is_an_echo_of_yesterday() -> None:
+    period = 192  # longer than the recent context, so only "yesterday" remembers a spike
+    xs = noise(period * 12, seed=1)
+    spikes = np.arange(period // 2, len(xs), period)
+    xs[spikes] = 25.0 + 3.0 * np.arange(len(spikes))  # each day's peak above the last
+    echoes = ContextSurprise(period=period).score_learn_many(xs)
+    literal = ContextSurprise(period=period, echo=0.0).score_learn_many(xs)
+    assert echoes[spikes[0]] > 4.0
+    # Yesterday's peak is 3 away, close next to the peak's height of 15 and more.
+    assert echoes[spikes[1:]].max() < 0.1
+    # Taken literally, every peak is a value never seen: far from all the usual steps.
+    assert np.median(literal[spikes[1:]]) > 2.0
+    # Eight readings (a twenty-fourth of a day) off yesterday's time, it is no echo.
+    late = xs.copy()
+    late[spikes[1]], late[spikes[1] + 8] = 10.0, xs[spikes[1]]
+    assert ContextSurprise(period=period).score_learn_many(late)[spikes[1] + 8] > 2.0
+
+
 @pytest.mark.parametrize(("flagged", "learned_max"), [("learn", 40.0), ("skip", 20.0)])
 def test_flagged_values_are_learned_or_skipped(flagged: str, learned_max: float) -> None:
     d = ContextSurprise(flagged=flagged)
@@ -239,3 +257,19 @@ def test_explain_gives_the_parts_of_the_last_batch_only() -> None:
     channel = np.minimum(parts["rare"], parts["new"])
     assert scores[1] == pytest.approx(max(channel[1], parts["seasonal"][1]))
     assert pickle.loads(pickle.dumps(d)).explain() == {}  # not part of the state
+
+
+def test_a_state_pickled_before_hold_and_echo_resumes_without_them() -> None:
+    rng = np.random.default_rng(5)
+    day = np.sin(np.arange(288) / 288 * 2 * np.pi)
+    xs = np.concatenate([day + rng.normal(0, 0.05, 288) for _ in range(12)])
+    old = ContextSurprise(period=288, hold=0, echo=0.0)
+    old.score_learn_many(xs[:2000])
+    state = old.__getstate__()
+    for name in ("hold", "_totals", "echo", "echo_frac", "echo_jitter"):
+        del state[name]  # as a store written before these settings
+    resumed = ContextSurprise.__new__(ContextSurprise)
+    resumed.__setstate__(pickle.loads(pickle.dumps(state)))
+    np.testing.assert_array_equal(
+        resumed.score_learn_many(xs[2000:]), old.score_learn_many(xs[2000:])
+    )
