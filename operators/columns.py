@@ -35,7 +35,8 @@ and the state left behind.
 Example:
     >>> from operators.alerting import AlertPolicy
     >>> from operators.normalize import FixedMinMax
-    >>> from operators.steps import DetectConfig
+    >>> from operators.singles import pick_features
+from operators.steps import DetectConfig
     >>> spec = ColumnSpec.of(lambda: FixedMinMax(21.0, 85.0), DetectConfig("robust-z"))
     >>> spec is not None, ColumnSpec.of(lambda: FixedMinMax(), DetectConfig("context"))
     (True, None)
@@ -52,7 +53,6 @@ from typing import Any
 import numpy as np
 
 from operators.alerting import RECENT_WINDOW, AlertPolicy, AlertState
-from operators.calibrate import calibrate
 from operators.detectors import make_detector
 from operators.detectors.robust import MAD_TO_SIGMA, Flatline, Gap, RobustZ, padded_medians
 from operators.detectors.scale import diff_sigmas, finite_z, scale_floor
@@ -68,6 +68,7 @@ from operators.events import (
     ShardBatch,
 )
 from operators.normalize import FixedMinMax, Normalizer
+from operators.singles import pick_features
 from operators.steps import DetectConfig, DetectState, NormalizeState, alert_counted
 
 #: Stands for "no time yet" in the int64 time columns.
@@ -183,13 +184,7 @@ class SeriesColumns:
     def row(self, series: str) -> int:
         """The series' row, made for a series seen for the first time."""
         row = self.index.get(series)
-        if row is None:
-            row = len(self.names)
-            if row == len(self.a["last_ts"]):
-                self._grow(2 * row)
-            self.index[series] = row
-            self.names.append(series)
-        return row
+        return int(self.rows((series,))[0]) if row is None else row
 
     def _new(self, name: str, rows: int) -> np.ndarray:
         width, dtype, fill = self._fields[name]
@@ -439,29 +434,19 @@ class SeriesColumns:
         xn = (x - spec.lo) / (spec.hi - spec.lo)  # FixedMinMax.transform_one's operations
         value_raw = self._robust(rows, xn)
         names = spec.detect.feature_names()
-        cal = [calibrate(RobustZ.calibrator, value_raw)]
-        details: list[FloatArray] = [value_raw]
-        if spec.detect.stuck:
-            stuck_raw, run = self._flatline(rows, x)
-            cal.append(calibrate(Flatline.calibrator, stuck_raw))
-            details.append(run)
+        stuck = self._flatline(rows, x) if spec.detect.stuck else None
         if spec.gap is not None:
-            gap_raw, interval = self._gap(rows, ts)
-            cal.append(calibrate(Gap.calibrator, gap_raw))
-            details.append(interval)
+            gap = self._gap(rows, ts)
         else:
+            gap = None
             a["det_ts"][rows] = ts
-        calibrated = np.vstack(cal)
-        features = calibrated.argmax(axis=0)  # the first of equal maxima, as per series
-        cols = np.arange(len(rows))
-        scores = calibrated[features, cols]
+        scores, features, detail = pick_features(RobustZ.calibrator, value_raw, stuck, gap)
         hot = scores >= policy.threshold
         alerted = np.zeros(len(rows), dtype=bool)
         alerts: list[Alert] = []
         if hot.any():
             self._note_ordinary(rows[~hot], x[~hot])
             small = features.astype(np.int8)
-            detail = np.vstack(details)[features, cols]
             for k in np.flatnonzero(hot).tolist():
                 row = int(rows[k])
                 alert = self._alert_of(row)

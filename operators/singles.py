@@ -40,7 +40,14 @@ from operators.alerting import AlertPolicy, AlertState
 from operators.calibrate import calibrate
 from operators.detectors import Detector
 from operators.detectors.robust import Flatline, Gap
-from operators.events import DeadLetter, DetectedBatch, ScoredBatch, SeriesBatch
+from operators.events import (
+    DeadLetter,
+    DetectedBatch,
+    FloatArray,
+    IntArray,
+    ScoredBatch,
+    SeriesBatch,
+)
 from operators.steps import DetectConfig, DetectState, NormalizeState, alert_counted
 
 
@@ -129,25 +136,50 @@ def score_singles(
     return [item for slot in slots for item in slot]
 
 
+Feature = tuple[FloatArray, FloatArray]
+
+
+def pick_features(
+    calibrator: str, value_raw: FloatArray, stuck: Feature | None, gap: Feature | None
+) -> tuple[FloatArray, IntArray, FloatArray]:
+    """Calibrate each feature's raw scores (one call a feature) and pick each reading's highest.
+
+    Args:
+        calibrator: The value detector's calibrator.
+        value_raw: The value detector's raw scores.
+        stuck: The stuck feature's raw scores and run lengths, if scored.
+        gap: The gap feature's raw scores and intervals, if scored.
+
+    Returns:
+        Per reading: the calibrated score of its most anomalous feature (the first
+        of equal maxima, as per series), that feature's index, and its detail.
+
+    """
+    rows = [calibrate(calibrator, value_raw)]
+    details = [value_raw]
+    for extra, name in ((stuck, Flatline.calibrator), (gap, Gap.calibrator)):
+        if extra is not None:
+            rows.append(calibrate(name, extra[0]))
+            details.append(extra[1])
+    calibrated = np.vstack(rows)
+    features = calibrated.argmax(axis=0)
+    cols = np.arange(len(value_raw))
+    return calibrated[features, cols], features, np.vstack(details)[features, cols]
+
+
 def _decide(
     done: list[_Scored], calibrator: str, detect: DetectConfig, policy: AlertPolicy, flow_name: str
 ) -> list[ScoredBatch]:
     """Calibrate every feature at once, pick each reading's feature, apply the policy."""
     names = detect.feature_names()
     value_raw = np.array([d.value_raw for d in done], dtype=np.float64)
-    rows = [calibrate(calibrator, value_raw)]
-    details = [value_raw.tolist()]
+    stuck = gap = None
     if detect.stuck:
-        rows.append(calibrate(Flatline.calibrator, np.array([d.stuck_raw for d in done])))
-        details.append([float(d.run) for d in done])
+        stuck = (np.array([d.stuck_raw for d in done]), np.array([float(d.run) for d in done]))
     if detect.gap:
-        rows.append(calibrate(Gap.calibrator, np.array([d.gap_raw for d in done])))
-        details.append([d.interval for d in done])
-    calibrated = np.vstack(rows)
-    features = calibrated.argmax(axis=0)  # the first of equal maxima, as per series
-    scores = calibrated[features, np.arange(len(done))]
+        gap = (np.array([d.gap_raw for d in done]), np.array([d.interval for d in done]))
+    scores, features, detail = pick_features(calibrator, value_raw, stuck, gap)
     hot = (scores >= policy.threshold).tolist()
-    chosen = features.tolist()
     small = features.astype(np.int8)
     out: list[ScoredBatch] = []
     for k, d in enumerate(done):
@@ -160,7 +192,7 @@ def _decide(
                 features=small[k : k + 1],
                 feature_names=names,
                 detector=detect.detector,
-                details=np.array([details[chosen[k]][k]]),
+                details=detail[k : k + 1],
             )
             out.append(alert_counted(policy, d.alert, det, flow_name))
             continue
