@@ -35,7 +35,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from operator import itemgetter
 from typing import TypeVar
 
@@ -104,7 +103,6 @@ def shard_of(series: str, shards: int) -> str:
     return str(shard_index(series, shards))
 
 
-@lru_cache(maxsize=1 << 16)
 def shard_index(series: str, shards: int) -> int:
     """The shard of a series as a number."""
     return zlib.crc32(series.encode()) % shards
@@ -124,7 +122,7 @@ def _shard_indices(names: list[str], shards: int) -> list[int]:
             memo.clear()
         for i, name in enumerate(names):
             if found[i] is None:
-                found[i] = memo[name] = zlib.crc32(name.encode()) % shards
+                found[i] = memo[name] = shard_index(name, shards)
     return found  # type: ignore[return-value]
 
 
