@@ -360,12 +360,9 @@ class _ColumnLogic(StatefulBatchLogic[ShardItem, Scored | DeadLetter, bytes]):
         lengths = np.diff(item.bounds)
         out: list[Scored | DeadLetter] = []
         short = lengths < min(max(LONG_BATCH, len(rows) // 3), LONGEST_ROUNDS)
-        if short.all():
-            picks = np.arange(len(rows))
-        else:
-            for i in np.flatnonzero(~short).tolist():
-                out.extend(self._per_series(int(rows[i]), item.batch(i)))
-            picks = np.flatnonzero(short)
+        for i in np.flatnonzero(~short).tolist():
+            out.extend(self._per_series(int(rows[i]), item.batch(i)))
+        picks = np.flatnonzero(short)
         depth = int(lengths[picks].max()) if len(picks) else 0
         for r in range(depth):
             if r:

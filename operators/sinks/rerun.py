@@ -236,11 +236,8 @@ class _RerunPartition(StatelessSinkPartition[Scored]):
         logger.info("%s: worker %d logs to %s", step_id, worker_index, self._dest)
 
     def write_batch(self, items: list[Scored]) -> None:
-        now_wall = time.time()
-        if self._arrived is None:
-            self._arrived = (now_wall, now_wall)
-        else:
-            self._arrived = (self._arrived[0], now_wall)
+        wall = time.time()
+        self._arrived = (wall if self._arrived is None else self._arrived[0], wall)
         drawn = self._paths.keys() | self._pending.keys()
         for batch in items:
             if not len(batch):
