@@ -35,8 +35,7 @@ and the state left behind.
 Example:
     >>> from operators.alerting import AlertPolicy
     >>> from operators.normalize import FixedMinMax
-    >>> from operators.singles import pick_features
-from operators.steps import DetectConfig
+    >>> from operators.steps import DetectConfig
     >>> spec = ColumnSpec.of(lambda: FixedMinMax(21.0, 85.0), DetectConfig("robust-z"))
     >>> spec is not None, ColumnSpec.of(lambda: FixedMinMax(), DetectConfig("context"))
     (True, None)
