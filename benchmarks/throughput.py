@@ -37,6 +37,11 @@ seconds move less: ``flow_cpu_us`` is the flow processes' CPU (user + system,
 the raw consumer's (this process's CPU over its run, librdkafka's threads
 included) likewise, and ``cpu_ratio`` is ``raw_cpu_us / flow_cpu_us``: the share
 of one core's raw reading speed the flow would reach if both ran alone.
+``flow_cores`` is how many cores the flow's processes kept busy (their CPU seconds
+over their wall seconds, median run, start-up included) and ``machine_busy`` the
+share of all ``cpus`` of the machine that were busy meanwhile (``/proc/stat``,
+every process counted: the broker, this script, anything else running); near 1
+the runs were bound by the machine's cores, and more processes cannot be faster.
 ``--processes P`` starts P Bytewax processes of one worker each on loopback ports.
 One JSON object per series count is printed::
 
@@ -310,6 +315,8 @@ def throughput(
     raw_working_s: list[float] = []
     flow_working_s: list[float] = []
     rss: list[float] = []
+    cores: list[float] = []
+    busy: list[float] = []
     cpu: dict[str, list[float]] = {"raw": [], "raw_empty": [], "flow": [], "empty": []}
     for i in range(args.repeats):
         before = time.process_time()
@@ -334,6 +341,9 @@ def throughput(
         flow_working_s.append(run.working_s)
         cpu["flow"].append(run.cpu_s)
         rss.append(run.peak_mib)
+        cores.append(run.cpu_s / run.seconds)
+        if run.busy is not None:
+            busy.append(run.busy)
     alerts = read_values(broker.bootstrap, f"{topic}-r0-alerts")
     dead = read_values(broker.bootstrap, f"{topic}-r0-dlq")
     raw_eps = steady_rate(produced, raw_s, raw_empty_s)
@@ -368,6 +378,9 @@ def throughput(
         "raw_cpu_us": raw_cpu,
         "flow_cpu_us": flow_cpu,
         "cpu_ratio": round(raw_cpu / flow_cpu, 4) if raw_cpu and flow_cpu else None,
+        "flow_cores": round(statistics.median(cores), 2),
+        "machine_busy": statistics.median(busy) if busy else None,
+        "cpus": os.cpu_count(),
         "alerts": len(alerts),
         "dead_letters": len(dead),
     }
@@ -396,6 +409,8 @@ class FlowRun:
         cpu_s: CPU seconds of all its processes.
         working_s: From the first scored reading to the last, over all
             processes (start-up and shut-down left out); ``None`` with no reading.
+        busy: Share of the machine's CPU time that was busy meanwhile
+            (:func:`machine_busy`).
 
     """
 
@@ -404,6 +419,7 @@ class FlowRun:
     logged: int
     cpu_s: float
     working_s: float | None
+    busy: float | None
 
 
 def run_flow_on(
@@ -417,13 +433,35 @@ def run_flow_on(
     env["VIGIL_KAFKA_ALERTS_TOPIC"] = alerts
     env["VIGIL_KAFKA_DLQ_TOPIC"] = dlq
     env["VIGIL_RERUN_PATH"] = str(work / f"{topic}-{run}.rrd")
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_ticks()
     peak, cpu = wait_flow(start_flow(env, work, args.processes), work, topic)
     elapsed = time.perf_counter() - started
+    busy = machine_busy(ticks, cpu_ticks())
     log = flow_log(work, topic)
     spans = [(float(a), float(b)) for a, b in ARRIVED.findall(log)]
     working = max(b for _, b in spans) - min(a for a, _ in spans) if spans else None
-    return FlowRun(elapsed, peak, sum(int(n) for n in LOGGED.findall(log)), cpu, working)
+    logged = sum(int(n) for n in LOGGED.findall(log))
+    return FlowRun(elapsed, peak, logged, cpu, working, busy)
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """``(busy, total)`` CPU ticks of the whole machine so far, or ``None`` without /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal [guest guest_nice]: guest
+    # time is already counted in user, so only the first eight add up.
+    ticks = [int(x) for x in fields[1:9]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)
+
+
+def machine_busy(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the machine's CPU time that was busy between two :func:`cpu_ticks`."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 def read_messages(bootstrap: str, topic: str) -> Iterator[tuple[bytes, int]]:
