@@ -36,6 +36,19 @@ context hides, such as a level that is ordinary overall but wrong for the hour.
 The jitter is ``jitter_frac`` of the period (at least one reading), so "around
 the same time" spans the same hours at any sampling interval.
 
+A series whose scores come more often than they say is made to need more.
+A calibrated surprise ``s`` is reached once in ``10**s`` readings; each score is
+lowered by ``log10((c + a) / (n * 10**-s + a))`` when that is positive, where
+``c`` counts the series' earlier scores at least as high (to the level of
+``s`` rounded down to a tenth of a digit), ``n`` the readings they come from,
+both fading over ``recal_horizon`` readings, and ``a`` is ``recal_prior``. A
+series that keeps to its odds is left as it is; one whose tail models miss its
+bursts (spikes at a level it has shown a dozen times, a plateau the time-of-day
+channel flags again and again) pays for every time it has beaten them. A score
+higher than any before it (by a tenth of a digit) is not lowered: ``c = 0``.
+The counts take the readings in at each refresh, so the batch form keeps the
+per-event numbers.
+
 An event is reported once: after a score ``s`` at reading ``i``, a later score
 is damped (multiplied by ``damping``) unless it exceeds both ``s - decay * (j - i)``,
 a refractory bar that falls by ``decay`` decimal digits per reading, and every
@@ -55,6 +68,15 @@ the residual tail; a level the series shows every day at this hour is learned
 even when it is extreme overall. A run of ``max_skip`` flagged readings in a
 row is learned anyway, so a level shift becomes the new normal instead of
 freezing the model.
+
+A flagged reading's distance to its context is learned too, but while flagged
+readings are scarce (their share, fading over ``window`` readings and updated
+at each refresh, is below ``clip_share``) it is clipped to the distance that
+would be ``clip_level`` digits new, so a few huge anomalies do not stretch the
+novelty tail and hide the next anomaly for ``window`` readings (*masking*).
+Where flagged readings are common they are the series' ordinary spikes: their
+distances are learned as they are, and that is how the detector gets used to a
+spike that keeps coming back.
 
 The models (sorted windows and tail fits) are refreshed every ``refresh``
 readings, and at ``min_history`` and each doubling of it while warming up.
@@ -101,7 +123,20 @@ DAYS_PER_WEEK = 7
 # The samples the four tail models are fitted on, and what scoring a stretch changes;
 # every one is rebound, never mutated in place.
 _SAMPLES = ("_values", "_dists", "_resids", "_season_dists")
-_MUTABLE = ("count", *_SAMPLES, "_history", "_held", "_skips", "_bar", "_totals", "_parts")
+_MUTABLE = (
+    "count",
+    *_SAMPLES,
+    "_history",
+    "_held",
+    "_skips",
+    "_flags",
+    "_bar",
+    "_totals",
+    "_parts",
+    "_pending",
+)
+#: Width, in decimal digits, of the levels at which the series' own surprises are tallied.
+RECAL_STEP = 0.1
 #: Names of the surprises :meth:`ContextSurprise.explain` reports, in digits.
 PARTS = ("rare", "new", "rare for the time of day", "new for the time of day", "seasonal")
 
@@ -130,10 +165,19 @@ class ContextSurprise(RefreshingDetector):
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
         hold: Readings whose scores a later score must exceed (0: none), besides the bar.
+        recal_horizon: Readings over which the series' earlier scores fade from the
+            counts that recalibrate a score (0: no recalibration).
+        recal_prior: Pseudo-count added to both the earlier scores at least as high and
+            their expected number before their ratio lowers a score.
         flagged: What is learned from flagged readings: ``learn``, ``skip`` or ``clip``.
         flag_level: Rarity surprise (digits) at which a reading is flagged: for the
             time of day where there is a daily context, overall before.
         max_skip: Flagged values in a row after which they are learned anyway.
+        clip_share: Share of flagged readings (fading over ``window`` readings,
+            updated at each refresh) below which they are scarce, and their
+            context distances learned clipped (0: never clipped).
+        clip_level: Novelty surprise (digits) at which the context distance of a
+            scarce flagged reading is clipped.
         max_surprise: Cap of the surprise, in decimal digits.
         xi_max: Largest generalised Pareto shape of a tail fit.
         season_s: Seconds in the seasonal period (a day).
@@ -163,9 +207,13 @@ class ContextSurprise(RefreshingDetector):
         decay: float = 0.02,
         damping: float = 0.1,
         hold: int = 6,
+        recal_horizon: float = 10000.0,
+        recal_prior: float = 0.5,
         flagged: str = "skip",
         flag_level: float = 4.0,
         max_skip: int = 50,
+        clip_share: float = 0.015,
+        clip_level: float = 2.5,
         max_surprise: float = 10.0,
         xi_max: float = 0.9,
         season_s: float = 86400.0,
@@ -184,6 +232,12 @@ class ContextSurprise(RefreshingDetector):
                 f"echo={echo}, echo_frac={echo_frac}"
             )
             raise ValueError(msg)
+        if not (0.0 <= clip_share < 1.0 and clip_level > 0.0):
+            msg = (
+                "context: expected 0 <= clip_share < 1 and clip_level > 0, "
+                f"got clip_share={clip_share}, clip_level={clip_level}"
+            )
+            raise ValueError(msg)
         if flagged not in FLAGGED_CHOICES:
             msg = f"context: expected flagged in {FLAGGED_CHOICES}, got {flagged!r}"
             raise ValueError(msg)
@@ -191,12 +245,16 @@ class ContextSurprise(RefreshingDetector):
             not 0.0 <= damping <= 1.0
             or decay < 0.0
             or hold < 0
+            or recal_horizon < 0.0
+            or recal_prior <= 0.0
             or max_surprise <= 0.0
             or not xi_max < 1.0
         ):
             msg = (
-                "context: expected 0 <= damping <= 1, decay >= 0, hold >= 0, max_surprise > 0, "
-                f"xi_max < 1, got {damping}, {decay}, {hold}, {max_surprise}, {xi_max}"
+                "context: expected 0 <= damping <= 1, decay >= 0, hold >= 0, recal_horizon >= 0, "
+                "recal_prior > 0, max_surprise > 0, xi_max < 1, got "
+                f"{damping}, {decay}, {hold}, {recal_horizon}, {recal_prior}, "
+                f"{max_surprise}, {xi_max}"
             )
             raise ValueError(msg)
         self.window = window
@@ -213,9 +271,13 @@ class ContextSurprise(RefreshingDetector):
         self.decay = decay
         self.damping = damping
         self.hold = hold
+        self.recal_horizon = recal_horizon
+        self.recal_prior = recal_prior
         self.flagged = flagged
         self.flag_level = flag_level
         self.max_skip = max_skip
+        self.clip_share = clip_share
+        self.clip_level = clip_level
         self.max_surprise = max_surprise
         self.xi_max = xi_max
         self.season_s = season_s
@@ -236,8 +298,16 @@ class ContextSurprise(RefreshingDetector):
         # The seasonal channel of the last persist - 1 readings; nothing held before the start.
         self._held = np.zeros(persist - 1)
         self._skips = 0
+        # The share of flagged readings, fading over window readings (updated at each
+        # refresh); the flagged readings since then; the count at that refresh.
+        self._flags: tuple[float, int, int] = (0.0, 0, 0)
         self._bar = -math.inf  # refractory bar plus decay * reading index
         self._totals = np.full(hold, -np.inf)  # the last hold scores before damping
+        # The series' own scores: how many readings reached each level (decayed; level 0
+        # counts them all), and the levels of the readings since the last refresh. float32
+        # counts and a byte per pending reading keep the state small.
+        self._tally: Float32Array = np.zeros(_levels(max_surprise), dtype=np.float32)
+        self._pending: npt.NDArray[np.uint8] = np.empty(0, dtype=np.uint8)
         self._models: tuple[TailModel | None, ...] = ()
         self._parts: tuple[FloatArray, ...] = ()  # per stretch of the last batch, for explain()
         self._fit_models()
@@ -256,6 +326,15 @@ class ContextSurprise(RefreshingDetector):
         state.setdefault("echo", 0.0)
         state.setdefault("echo_frac", 0.0)
         state.setdefault("echo_jitter", 0)
+        # ... and before clip_share: flagged readings' distances learned as they are.
+        state.setdefault("clip_share", 0.0)
+        state.setdefault("clip_level", 2.5)
+        state.setdefault("_flags", (0.0, 0, 0))
+        # One pickled before the recalibration resumes without it.
+        state.setdefault("recal_horizon", 0.0)
+        state.setdefault("recal_prior", 0.5)
+        state.setdefault("_tally", np.zeros(_levels(state["max_surprise"]), dtype=np.float32))
+        state.setdefault("_pending", np.empty(0, dtype=np.uint8))
         self.__dict__.update(state)
         self._parts = ()
         self._fit_models()
@@ -306,6 +385,15 @@ class ContextSurprise(RefreshingDetector):
         self._resids, self._season_dists = self._resids[-w:], self._season_dists[-w:]
         self._fitted = tuple(len(sample) for sample in self._samples())
         self._fit_models()
+        share, flags, since = self._flags
+        fade = math.exp(-(self.count - since) / w)
+        self._flags = (share * fade + flags / w, 0, self.count)
+        if self.recal_horizon:
+            # Fold the surprises since the last refresh into the tally, the old ones fading.
+            fade = math.exp(-len(self._pending) / self.recal_horizon)
+            reached = np.cumsum(np.bincount(self._pending, minlength=len(self._tally))[::-1])[::-1]
+            self._tally = (self._tally * fade + reached).astype(np.float32)
+            self._pending = np.empty(0, dtype=np.uint8)
 
     def _lag_groups(self) -> list[tuple[int, int]]:
         """First and last lag of each context: recent, yesterday, last week."""
@@ -387,6 +475,22 @@ class ContextSurprise(RefreshingDetector):
         held: FloatArray = _windows(ext, self.persist).min(axis=1)
         return held
 
+    def _recalibrate(self, total: FloatArray, finite: BoolArray) -> FloatArray:
+        """Lower each surprise by how much more often this series has reached it than ``10**-s``.
+
+        The count of earlier readings at or above the level of ``s`` (the
+        tally, fixed between refreshes) against the ``n * 10**-s`` a calibrated
+        surprise would give, each plus ``recal_prior``; never raised.
+        """
+        tally = self._tally.astype(np.float64)
+        level = np.minimum(np.floor(total / RECAL_STEP + 1e-9).astype(np.int64), len(tally) - 1)
+        # Level 0 counts every reading (a surprise is never negative).
+        seen = tally[level] + self.recal_prior
+        expected = tally[0] * np.power(10.0, -total) + self.recal_prior
+        adjusted: FloatArray = total - np.maximum(0.0, np.log10(seen / expected))
+        self._pending = np.concatenate((self._pending, level[finite].astype(np.uint8)))
+        return adjusted
+
     def _learn_mask(self, rarity: FloatArray, finite: BoolArray) -> BoolArray:
         """Which readings are learned as they are (the rest are skipped or clipped)."""
         learn = finite.copy()
@@ -417,7 +521,7 @@ class ContextSurprise(RefreshingDetector):
         ``rare`` and ``new`` make the first channel (their smaller one), the
         time-of-day pair the seasonal one (their smaller one, held over
         ``persist`` readings: ``seasonal``); the score is the larger channel,
-        before the refractory damping.
+        before the recalibration and the refractory damping.
         """
         if not self._parts:
             return {}
@@ -452,6 +556,8 @@ class ContextSurprise(RefreshingDetector):
         total = np.clip(np.maximum(np.minimum(rare, new), seasonal), 0.0, self.max_surprise)
         parts = np.vstack((rare, new, rare_tod, new_tod, seasonal))
         self._parts = (*self._parts, np.minimum(parts, self.max_surprise))
+        if self.recal_horizon:
+            total = self._recalibrate(total, finite)
         total[~finite] = self.max_surprise
         # Refractory period: damped unless above the decaying bar of earlier surprises.
         index = self.count + np.arange(n, dtype=np.float64)
@@ -476,11 +582,35 @@ class ContextSurprise(RefreshingDetector):
                 learn | clipped
             ]
         self._values = np.concatenate((self._values, learned))
+        flagged = finite & ~learn
+        if self.clip_share > 0.0 and flagged.any():
+            share, flags, since = self._flags
+            self._flags = (share, flags + int(np.count_nonzero(flagged)), since)
+            if share < self.clip_share and dist_model is not None:
+                # Masking: a scarce anomaly's distance enters the novelty tail clipped.
+                cap = _upper_quantile(dist_model, self.clip_level)
+                dists = np.where(flagged, np.minimum(dists, cap), dists)
         self._dists = _append32(self._dists, dists)
         self._resids = _append32(self._resids, np.where(learn, resids, np.nan))
         self._season_dists = _append32(self._season_dists, season_dists)
         self.count += n
         return out
+
+
+def _levels(max_surprise: float) -> int:
+    """Levels at which the scores are tallied: 0 to ``max_surprise`` (at most 256, a byte)."""
+    return min(math.floor(max_surprise / RECAL_STEP + 1e-9) + 1, 256)
+
+
+def _upper_quantile(model: TailModel, level: float) -> float:
+    """The value ``level`` digits deep in the upper tail of ``model`` (its edge if inside)."""
+    beyond = level + model.log_k  # digits past the edge of the fitted tail
+    if beyond <= 0.0 or model.up_sigma <= 0.0:
+        return model.upper
+    xi, sigma = model.up_xi, model.up_sigma
+    if xi < 1e-9:
+        return model.upper + sigma * beyond * math.log(10.0)
+    return model.upper + sigma / xi * math.expm1(beyond * xi * math.log(10.0))
 
 
 def _append32(kept: Float32Array, new: FloatArray) -> Float32Array:

@@ -273,3 +273,67 @@ def test_a_state_pickled_before_hold_and_echo_resumes_without_them() -> None:
     np.testing.assert_array_equal(
         resumed.score_learn_many(xs[2000:]), old.score_learn_many(xs[2000:])
     )
+
+
+def test_a_spike_the_series_keeps_repeating_needs_more_each_time() -> None:
+    xs = noise(6000, seed=3)
+    spikes = np.arange(700, 6000, 211)  # same height, at no fixed time of day
+    xs[spikes] += 8.0
+    plain = ContextSurprise(period=288, recal_horizon=0).score_learn_many(xs)
+    recal = ContextSurprise(period=288).score_learn_many(xs)
+    # The first spike is the highest score so far: not lowered.
+    assert recal[spikes[0]] == plain[spikes[0]]
+    # Once the series has reached the level more often than its odds, it is lowered.
+    assert np.all(recal[spikes] <= plain[spikes])
+    assert float((plain[spikes] - recal[spikes]).max()) > 0.3
+
+
+def test_no_recalibration_on_a_series_that_keeps_to_its_odds() -> None:
+    xs = noise(8000, seed=4)
+    plain = ContextSurprise(period=288, recal_horizon=0).score_learn_many(xs)
+    recal = ContextSurprise(period=288).score_learn_many(xs)
+    # Only the lowest scores move, by less than a level's width; the high ones stay.
+    assert float(np.abs(plain - recal).max()) < 0.1
+    high = plain >= 1.5
+    assert np.array_equal(plain[high], recal[high])
+
+
+def test_state_pickled_before_the_recalibration_and_the_clip_resumes_without_them() -> None:
+    xs = noise(3000, seed=5)
+    d = ContextSurprise(period=288, recal_horizon=0, clip_share=0.0)
+    d.score_learn_many(xs[:1500])
+    state = d.__getstate__()
+    for key in ("recal_horizon", "recal_prior", "_tally", "_pending", "clip_share", "_flags"):
+        del state[key]
+    old = ContextSurprise.__new__(ContextSurprise)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert np.array_equal(old.score_learn_many(xs[1500:]), d.score_learn_many(xs[1500:]))
+
+
+def test_a_few_huge_spikes_do_not_hide_the_next_anomaly() -> None:
+    xs = noise(3000, seed=0)
+    xs[[1200, 1400]] += 60.0
+    xs[1800] += 9.0
+    masked = ContextSurprise(clip_share=0.0).score_learn_many(xs)
+    scores = ContextSurprise().score_learn_many(xs)
+    # Learned as it is, the first spike's distance makes the second look not new,
+    # and a later, smaller anomaly too; learned clipped, neither is hidden.
+    assert masked[1400] < 1.0
+    assert masked[1800] < 2.5
+    assert scores[1400] > 9.0
+    assert scores[1800] > 4.5
+    assert scores[1200] == masked[1200]
+
+
+def test_spikes_that_keep_coming_become_the_series_habit_despite_the_clip() -> None:
+    # Flagged readings are common here (one in 40): the series' ordinary spikes, whose
+    # distances are learned as they are once their share passes clip_share.
+    xs = noise(6000, seed=1)
+    spikes = np.arange(500, 6000, 40)
+    xs[spikes] += 12.0
+    d = ContextSurprise()
+    scores = d.score_learn_many(xs)
+    assert d._flags[0] > d.clip_share
+    assert scores[spikes[0]] > 5.0
+    late = spikes[spikes >= 4000]
+    assert int((scores[late] > 3.0).sum()) <= len(late) // 10
