@@ -29,7 +29,10 @@ new *for the time of day*. Four surprises ``-log10 p`` (decimal digits) say so:
   distances: the level is not one this hour has shown.
 
 The score is ``max(min(rare, new), seasonal)``: both must agree in each
-channel. The *seasonal* channel is the smaller of the two time-of-day
+channel. Once there is a daily context, *rare* counts for no more than *rare
+for the time of day* plus ``TOD_MARGIN`` digits: a value at the edge of the
+overall range yet ordinary for its hour (the daily peak) is not rare evidence
+by itself. The *seasonal* channel is the smaller of the two time-of-day
 surprises, held as the least of its last ``persist`` readings (carried across
 batches), so a single odd reading does not fire it; it catches what the recent
 context hides, such as a level that is ordinary overall but wrong for the hour.
@@ -46,6 +49,11 @@ series that keeps to its odds is left as it is; one whose tail models miss its
 bursts (spikes at a level it has shown a dozen times, a plateau the time-of-day
 channel flags again and again) pays for every time it has beaten them. A score
 higher than any before it (by a tenth of a digit) is not lowered: ``c = 0``.
+A reading scored while *warming up* (the value model fitted on fewer than
+``warmup`` times ``window`` values) counts among the ``n`` but at level 0:
+tail fits on few values overstate surprises (warm-up scores reach the higher
+levels several times as often as later ones), and counting them would lower
+the later, better calibrated scores for ``recal_horizon`` readings.
 The counts take the readings in at each refresh, so the batch form keeps the
 per-event numbers.
 
@@ -54,7 +62,9 @@ is damped (multiplied by ``damping``) unless it exceeds both ``s - decay * (j - 
 a refractory bar that falls by ``decay`` decimal digits per reading, and every
 score (before damping) of the last ``hold`` readings. That second bar does not
 fall, so a plateau (the held seasonal channel, values at the edge of the learned
-range) is reported at its first reading only.
+range) is reported at its first reading only. A score while warming up raises
+no refractory bar: it is overstated, and its bar would hide the first events
+after the warm-up.
 
 What the detector learns from readings it flags is a choice (``flagged``):
 ``learn`` everything, ``skip`` readings whose rarity surprise reaches
@@ -135,6 +145,18 @@ _MUTABLE = (
     "_parts",
     "_pending",
 )
+#: Scalar attributes pickled together, in this order; new ones go at the end, so that a
+#: shorter tuple is one pickled before them (and :meth:`ContextSurprise.__setstate__`
+#: gives those their defaults).
+_PACKED = (
+    *("count", "_bar", "_skips", "window", "tail", "min_history", "recent", "refresh"),
+    *("period", "jitter", "jitter_frac", "max_period", "max_history", "week", "persist"),
+    *("damping", "decay", "hold", "echo", "echo_frac", "echo_jitter", "flagged"),
+    *("flag_level", "max_skip", "max_surprise", "xi_max", "season_s", "clip_share"),
+    *("clip_level", "recal_horizon", "recal_prior", "warmup"),
+)
+#: Digits by which "rare" may exceed "rare for the time of day" where there is a daily context.
+TOD_MARGIN = 1.0
 #: Width, in decimal digits, of the levels at which the series' own surprises are tallied.
 RECAL_STEP = 0.1
 #: Names of the surprises :meth:`ContextSurprise.explain` reports, in digits.
@@ -169,6 +191,9 @@ class ContextSurprise(RefreshingDetector):
             counts that recalibrate a score (0: no recalibration).
         recal_prior: Pseudo-count added to both the earlier scores at least as high and
             their expected number before their ratio lowers a score.
+        warmup: Share of ``window`` the value model must be fitted on before a
+            reading's score counts at its level in the recalibration (before, at 0)
+            and raises the refractory bar.
         flagged: What is learned from flagged readings: ``learn``, ``skip`` or ``clip``.
         flag_level: Rarity surprise (digits) at which a reading is flagged: for the
             time of day where there is a daily context, overall before.
@@ -209,6 +234,7 @@ class ContextSurprise(RefreshingDetector):
         hold: int = 6,
         recal_horizon: float = 10000.0,
         recal_prior: float = 0.5,
+        warmup: float = 0.5,
         flagged: str = "skip",
         flag_level: float = 4.0,
         max_skip: int = 50,
@@ -247,13 +273,14 @@ class ContextSurprise(RefreshingDetector):
             or hold < 0
             or recal_horizon < 0.0
             or recal_prior <= 0.0
+            or warmup < 0.0
             or max_surprise <= 0.0
             or not xi_max < 1.0
         ):
             msg = (
                 "context: expected 0 <= damping <= 1, decay >= 0, hold >= 0, recal_horizon >= 0, "
-                "recal_prior > 0, max_surprise > 0, xi_max < 1, got "
-                f"{damping}, {decay}, {hold}, {recal_horizon}, {recal_prior}, "
+                "recal_prior > 0, warmup >= 0, max_surprise > 0, xi_max < 1, got "
+                f"{damping}, {decay}, {hold}, {recal_horizon}, {recal_prior}, {warmup}, "
                 f"{max_surprise}, {xi_max}"
             )
             raise ValueError(msg)
@@ -273,6 +300,7 @@ class ContextSurprise(RefreshingDetector):
         self.hold = hold
         self.recal_horizon = recal_horizon
         self.recal_prior = recal_prior
+        self.warmup = warmup
         self.flagged = flagged
         self.flag_level = flag_level
         self.max_skip = max_skip
@@ -316,9 +344,14 @@ class ContextSurprise(RefreshingDetector):
         state = dict(self.__dict__)
         # The models are rebuilt on load from the windows they were fitted on.
         del state["_models"], state["_parts"]
+        # The scalars go as one tuple: their names would take 340 of the 32 KB.
+        state["_packed"] = tuple(state.pop(name) for name in _PACKED)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Scalars packed in order (named one by one before the packing; a shorter
+        # tuple predates the settings at its end).
+        state.update(zip(_PACKED, state.pop("_packed", ()), strict=False))
         # A state pickled before ``hold`` and ``echo`` existed resumes as the
         # detector then was: neither rule.
         state.setdefault("hold", 0)
@@ -333,6 +366,8 @@ class ContextSurprise(RefreshingDetector):
         # One pickled before the recalibration resumes without it.
         state.setdefault("recal_horizon", 0.0)
         state.setdefault("recal_prior", 0.5)
+        # ... and before warmup: every score counted at its level and raising the bar.
+        state.setdefault("warmup", 0.0)
         state.setdefault("_tally", np.zeros(_levels(state["max_surprise"]), dtype=np.float32))
         state.setdefault("_pending", np.empty(0, dtype=np.uint8))
         self.__dict__.update(state)
@@ -480,7 +515,9 @@ class ContextSurprise(RefreshingDetector):
 
         The count of earlier readings at or above the level of ``s`` (the
         tally, fixed between refreshes) against the ``n * 10**-s`` a calibrated
-        surprise would give, each plus ``recal_prior``; never raised.
+        surprise would give, each plus ``recal_prior``; never raised. While the
+        value model is fitted on fewer than ``warmup * window`` values the
+        readings are counted at level 0.
         """
         tally = self._tally.astype(np.float64)
         level = np.minimum(np.floor(total / RECAL_STEP + 1e-9).astype(np.int64), len(tally) - 1)
@@ -488,8 +525,15 @@ class ContextSurprise(RefreshingDetector):
         seen = tally[level] + self.recal_prior
         expected = tally[0] * np.power(10.0, -total) + self.recal_prior
         adjusted: FloatArray = total - np.maximum(0.0, np.log10(seen / expected))
+        if self._warming_up():
+            level = np.zeros_like(level)  # counted, but not at its level
         self._pending = np.concatenate((self._pending, level[finite].astype(np.uint8)))
         return adjusted
+
+    def _warming_up(self) -> bool:
+        """Whether the value model is fitted on fewer than ``warmup * window`` values."""
+        model = self._models[0]
+        return model is None or len(model.sorted) < self.warmup * self.window
 
     def _learn_mask(self, rarity: FloatArray, finite: BoolArray) -> BoolArray:
         """Which readings are learned as they are (the rest are skipped or clipped)."""
@@ -518,7 +562,8 @@ class ContextSurprise(RefreshingDetector):
     def explain(self) -> dict[str, FloatArray]:
         """The surprises of the last batch per reading, in digits, named as in ``PARTS``.
 
-        ``rare`` and ``new`` make the first channel (their smaller one), the
+        ``rare`` (at most ``rare for the time of day`` plus ``TOD_MARGIN`` once there
+        is a daily context) and ``new`` make the first channel (their smaller one), the
         time-of-day pair the seasonal one (their smaller one, held over
         ``persist`` readings: ``seasonal``); the score is the larger channel,
         before the recalibration and the refractory damping.
@@ -551,6 +596,9 @@ class ContextSurprise(RefreshingDetector):
             echo = (yesterday <= dists) & (yesterday < self.echo * excursion)
             new = np.where(echo, 0.0, new)
         rare_tod = tail_surprise(resid_model, resids, two_sided=True)
+        # Rare overall but ordinary for the hour (a daily peak) counts as rare for the hour.
+        daily = np.isfinite(resids) & (resid_model is not None)
+        rare = np.where(daily, np.minimum(rare, rare_tod + TOD_MARGIN), rare)
         new_tod = tail_surprise(season_model, season_dists, two_sided=False)
         seasonal = self._hold(np.minimum(rare_tod, new_tod))
         total = np.clip(np.maximum(np.minimum(rare, new), seasonal), 0.0, self.max_surprise)
@@ -561,7 +609,8 @@ class ContextSurprise(RefreshingDetector):
         total[~finite] = self.max_surprise
         # Refractory period: damped unless above the decaying bar of earlier surprises.
         index = self.count + np.arange(n, dtype=np.float64)
-        lifted = total + self.decay * index
+        # A score while warming up raises no bar.
+        lifted = np.full(n, -np.inf) if self._warming_up() else total + self.decay * index
         bars = np.maximum.accumulate(np.concatenate(([self._bar], lifted)))
         self._bar = float(bars[-1])
         under = total <= bars[:-1] - self.decay * index
@@ -573,7 +622,6 @@ class ContextSurprise(RefreshingDetector):
         out = np.where(under & finite, total * self.damping, total)
 
         # Flagged by the time-of-day residual where there is one: the narrower tail.
-        daily = np.isfinite(resids) & (resid_model is not None)
         learn = self._learn_mask(np.where(daily, rare_tod, rare), finite)
         learned = safe[learn]
         if self.flagged == "clip" and value_model is not None:

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import pickle
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pytest
 
-from operators.detectors.context import PARTS, ContextSurprise
+from operators.detectors.context import _PACKED, PARTS, TOD_MARGIN, ContextSurprise
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def noise(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(10.0, 1.0, n)
+
+
+def named_state(d: ContextSurprise) -> dict[str, Any]:
+    """The state as stores written before the scalars were packed hold it: named one by one."""
+    state = d.__getstate__()
+    state.update(zip(_PACKED, state.pop("_packed"), strict=True))
+    return state
 
 
 def test_period_comes_from_the_spacing_of_the_first_readings() -> None:
@@ -265,7 +273,7 @@ def test_a_state_pickled_before_hold_and_echo_resumes_without_them() -> None:
     xs = np.concatenate([day + rng.normal(0, 0.05, 288) for _ in range(12)])
     old = ContextSurprise(period=288, hold=0, echo=0.0)
     old.score_learn_many(xs[:2000])
-    state = old.__getstate__()
+    state = named_state(old)
     for name in ("hold", "_totals", "echo", "echo_frac", "echo_jitter"):
         del state[name]  # as a store written before these settings
     resumed = ContextSurprise.__new__(ContextSurprise)
@@ -302,7 +310,7 @@ def test_state_pickled_before_the_recalibration_and_the_clip_resumes_without_the
     xs = noise(3000, seed=5)
     d = ContextSurprise(period=288, recal_horizon=0, clip_share=0.0)
     d.score_learn_many(xs[:1500])
-    state = d.__getstate__()
+    state = named_state(d)
     for key in ("recal_horizon", "recal_prior", "_tally", "_pending", "clip_share", "_flags"):
         del state[key]
     old = ContextSurprise.__new__(ContextSurprise)
@@ -337,3 +345,46 @@ def test_spikes_that_keep_coming_become_the_series_habit_despite_the_clip() -> N
     assert scores[spikes[0]] > 5.0
     late = spikes[spikes >= 4000]
     assert int((scores[late] > 3.0).sum()) <= len(late) // 10
+
+
+def test_a_warm_up_score_raises_no_refractory_bar() -> None:
+    xs = noise(1500, seed=0)
+    xs[470] += 60.0  # scored while the value model holds under half a window
+    xs[560] += 8.0  # the first event after the warm-up
+    old = ContextSurprise(warmup=0.0).score_learn_many(xs)
+    scores = ContextSurprise().score_learn_many(xs)
+    assert scores[470] == old[470]
+    assert old[560] < 1.0  # damped under the warm-up spike's bar
+    assert scores[560] > 4.0
+
+
+def test_warm_up_scores_count_in_the_recalibration_at_level_zero() -> None:
+    d = ContextSurprise()
+    xs = noise(400, seed=2)
+    xs[200] += 30.0
+    d.score_learn_many(xs)
+    assert d._warming_up()
+    assert len(d._pending) > 0
+    assert int(d._pending.max()) == 0  # refreshed ones are in the tally's level 0 only
+    assert float(d._tally[1:].max(initial=0.0)) == 0.0
+
+
+def test_rare_counts_for_at_most_a_digit_above_rare_for_the_hour() -> None:
+    d = ContextSurprise(period=48)
+    day = 10.0 + 5.0 * np.sin(np.arange(48) / 48 * 2 * np.pi)
+    rng = np.random.default_rng(3)
+    d.score_learn_many(np.concatenate([day + rng.normal(0, 0.3, 48) for _ in range(30)]))
+    d.score_learn_many(day + rng.normal(0, 0.3, 48))
+    parts = d.explain()
+    assert np.all(parts["rare"] <= parts["rare for the time of day"] + TOD_MARGIN + 1e-12)
+
+
+def test_a_state_with_named_scalars_resumes_as_a_packed_one() -> None:
+    d = ContextSurprise(period=48)
+    d.score_learn_many(noise(700, seed=8))
+    resumed = ContextSurprise.__new__(ContextSurprise)
+    resumed.__setstate__(pickle.loads(pickle.dumps(named_state(d))))
+    packed = pickle.loads(pickle.dumps(d))
+    assert resumed.__dict__.keys() == d.__dict__.keys()
+    tail = noise(300, seed=9)
+    assert np.array_equal(resumed.score_learn_many(tail), packed.score_learn_many(tail))
