@@ -636,7 +636,7 @@ class ContextSurprise(RefreshingDetector):
             self._flags = (share, flags + int(np.count_nonzero(flagged)), since)
             if share < self.clip_share and dist_model is not None:
                 # Masking: a scarce anomaly's distance enters the novelty tail clipped.
-                cap = _upper_quantile(dist_model, self.clip_level)
+                cap = dist_model.upper_quantile(self.clip_level)
                 dists = np.where(flagged, np.minimum(dists, cap), dists)
         self._dists = _append32(self._dists, dists)
         self._resids = _append32(self._resids, np.where(learn, resids, np.nan))
@@ -648,17 +648,6 @@ class ContextSurprise(RefreshingDetector):
 def _levels(max_surprise: float) -> int:
     """Levels at which the scores are tallied: 0 to ``max_surprise`` (at most 256, a byte)."""
     return min(math.floor(max_surprise / RECAL_STEP + 1e-9) + 1, 256)
-
-
-def _upper_quantile(model: TailModel, level: float) -> float:
-    """The value ``level`` digits deep in the upper tail of ``model`` (its edge if inside)."""
-    beyond = level + model.log_k  # digits past the edge of the fitted tail
-    if beyond <= 0.0 or model.up_sigma <= 0.0:
-        return model.upper
-    xi, sigma = model.up_xi, model.up_sigma
-    if xi < 1e-9:
-        return model.upper + sigma * beyond * math.log(10.0)
-    return model.upper + sigma / xi * math.expm1(beyond * xi * math.log(10.0))
 
 
 def _append32(kept: Float32Array, new: FloatArray) -> Float32Array:

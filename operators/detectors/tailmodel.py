@@ -92,6 +92,26 @@ class TailModel:
             p[beyond] = np.where(inside, np.maximum(g, p[beyond]), g)
         return p
 
+    def upper_quantile(self, digits: float) -> float:
+        """The value whose upper-tail surprise is ``digits`` (the tail's edge if that is inside).
+
+        The inverse of :meth:`log10_upper` beyond the edge of the fitted tail.
+
+        Example:
+            >>> m = TailModel(np.arange(100.0), tail=10, xi_max=0.9)
+            >>> x = m.upper_quantile(4.0)
+            >>> round(float(-m.log10_upper(np.array([x]))[0]), 6)
+            4.0
+
+        """
+        beyond = digits + self.log_k  # digits past the edge of the fitted tail
+        if beyond <= 0.0 or self.up_sigma <= 0.0:
+            return self.upper
+        xi, sigma = self.up_xi, self.up_sigma
+        if xi < 1e-9:
+            return self.upper + sigma * beyond * math.log(10.0)
+        return self.upper + sigma / xi * math.expm1(beyond * xi * math.log(10.0))
+
     def log10_lower(self, x: FloatArray) -> FloatArray:
         """``log10`` of the share of the sample at most as large as ``x`` (tail-modelled)."""
         srt = self.sorted
