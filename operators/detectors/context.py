@@ -20,7 +20,12 @@ new *for the time of day*. Four surprises ``-log10 p`` (decimal digits) say so:
   yesterday (within ``echo_frac`` of the period), and nearer to it than
   ``echo`` times its distance from the median of the learned values. A daily
   spike that comes back a little higher or lower is yesterday's again, even
-  when the difference is large next to the series' usual steps.
+  when the difference is large next to the series' usual steps. An echo counts
+  only where so near a match is unlikely by chance: the readings of the echo
+  window times the share of learned values at least that near to the value
+  (the value counted among them) must be below ``echo_chance``. Where spikes
+  are common, yesterday's window holds one of about any height, and it says
+  nothing about today's.
 * *rare for the time of day*: the seasonal residual (the value minus the median
   of the readings around the same time yesterday or last week, whichever is
   closer) lies in a tail of the recent residuals: a dip at the busiest hour.
@@ -153,7 +158,7 @@ _PACKED = (
     *("period", "jitter", "jitter_frac", "max_period", "max_history", "week", "persist"),
     *("damping", "decay", "hold", "echo", "echo_frac", "echo_jitter", "flagged"),
     *("flag_level", "max_skip", "max_surprise", "xi_max", "season_s", "clip_share"),
-    *("clip_level", "recal_horizon", "recal_prior", "warmup"),
+    *("clip_level", "recal_horizon", "recal_prior", "warmup", "echo_chance"),
 )
 #: Digits by which "rare" may exceed "rare for the time of day" where there is a daily context.
 TOD_MARGIN = 1.0
@@ -183,6 +188,9 @@ class ContextSurprise(RefreshingDetector):
             the learned values, is not new (0: no such rule).
         echo_frac: Share of the period either side of "same time yesterday" in
             which an echo is looked for (at least one reading, at most the jitter).
+        echo_chance: Expected number of readings of the echo window as near to the
+            value by chance (from the learned values) below which an echo counts
+            (0: always).
         refresh: Readings between two refreshes of the model.
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
@@ -226,8 +234,9 @@ class ContextSurprise(RefreshingDetector):
         max_period: int = 1440,
         max_history: int = 2100,
         persist: int = 3,
-        echo: float = 0.25,
-        echo_frac: float = 0.02,
+        echo: float = 0.6,
+        echo_frac: float = 0.07,
+        echo_chance: float = 0.2,
         refresh: int = 128,
         decay: float = 0.02,
         damping: float = 0.1,
@@ -251,11 +260,16 @@ class ContextSurprise(RefreshingDetector):
                 f"recent={recent}, refresh={refresh}"
             )
             raise ValueError(msg)
-        if not 0.0 <= jitter_frac < 0.5 or persist < 1 or not (echo >= 0.0 and echo_frac >= 0.0):
+        if (
+            not 0.0 <= jitter_frac < 0.5
+            or persist < 1
+            or not (echo >= 0.0 and echo_frac >= 0.0 and echo_chance >= 0.0)
+        ):
             msg = (
-                "context: expected 0 <= jitter_frac < 0.5, persist >= 1, echo >= 0 and "
-                f"echo_frac >= 0, got jitter_frac={jitter_frac}, persist={persist}, "
-                f"echo={echo}, echo_frac={echo_frac}"
+                "context: expected 0 <= jitter_frac < 0.5, persist >= 1, echo >= 0, "
+                f"echo_frac >= 0 and echo_chance >= 0, got jitter_frac={jitter_frac}, "
+                f"persist={persist}, echo={echo}, echo_frac={echo_frac}, "
+                f"echo_chance={echo_chance}"
             )
             raise ValueError(msg)
         if not (0.0 <= clip_share < 1.0 and clip_level > 0.0):
@@ -294,6 +308,7 @@ class ContextSurprise(RefreshingDetector):
         self.persist = persist
         self.echo = echo
         self.echo_frac = echo_frac
+        self.echo_chance = echo_chance
         self.refresh = refresh
         self.decay = decay
         self.damping = damping
@@ -359,6 +374,8 @@ class ContextSurprise(RefreshingDetector):
         state.setdefault("echo", 0.0)
         state.setdefault("echo_frac", 0.0)
         state.setdefault("echo_jitter", 0)
+        # ... and before echo_chance: an echo counted however likely by chance.
+        state.setdefault("echo_chance", 0.0)
         # ... and before clip_share: flagged readings' distances learned as they are.
         state.setdefault("clip_share", 0.0)
         state.setdefault("clip_level", 2.5)
@@ -594,6 +611,14 @@ class ContextSurprise(RefreshingDetector):
             sample = value_model.sorted
             excursion = np.abs(safe - sample[len(sample) // 2])
             echo = (yesterday <= dists) & (yesterday < self.echo * excursion)
+            if self.echo_chance:
+                # Readings of the echo window expected as near to the value by chance,
+                # from the share of learned values that near (the value itself counted).
+                near = np.searchsorted(sample, safe + yesterday, "right") - np.searchsorted(
+                    sample, safe - yesterday, "left"
+                )
+                width = 2 * self.echo_jitter + 1
+                echo &= width * (near + 1.0) / (len(sample) + 1.0) < self.echo_chance
             new = np.where(echo, 0.0, new)
         rare_tod = tail_surprise(resid_model, resids, two_sided=True)
         # Rare overall but ordinary for the hour (a daily peak) counts as rare for the hour.

@@ -143,10 +143,50 @@ def test_a_daily_spike_a_little_higher_each_day_is_an_echo_of_yesterday() -> Non
     assert echoes[spikes[1:]].max() < 0.1
     # Taken literally, every peak is a value never seen: far from all the usual steps.
     assert np.median(literal[spikes[1:]]) > 2.0
-    # Eight readings (a twenty-fourth of a day) off yesterday's time, it is no echo.
+    # Further off yesterday's time than the context's jitter (13 readings), it is no echo.
     late = xs.copy()
-    late[spikes[1]], late[spikes[1] + 8] = 10.0, xs[spikes[1]]
-    assert ContextSurprise(period=period).score_learn_many(late)[spikes[1] + 8] > 2.0
+    late[spikes[1]], late[spikes[1] + 16] = 10.0, xs[spikes[1]]
+    assert ContextSurprise(period=period).score_learn_many(late)[spikes[1] + 16] > 2.0
+
+
+def test_a_daily_spike_back_a_little_late_is_still_an_echo() -> None:
+    # Each day's peak comes 10 readings (an hour and a quarter of a 192-reading day) away
+    # from yesterday's: inside yesterday's context (jitter 13), so an echo.
+    period = 192
+    xs = noise(period * 12, seed=1)
+    spikes = np.array([period // 2 + period * day + 10 * (day % 2) for day in range(12)])
+    xs[spikes] = 25.0 + 3.0 * np.arange(len(spikes))
+    echoes = ContextSurprise(period=period).score_learn_many(xs)
+    literal = ContextSurprise(period=period, echo=0.0).score_learn_many(xs)
+    assert echoes[spikes[0]] > 4.0
+    assert echoes[spikes[1:]].max() < 0.1
+    assert np.median(literal[spikes[1:]]) > 2.0
+
+
+def test_a_daily_spike_a_third_higher_each_day_is_an_echo() -> None:
+    # Yesterday's peak is 2/7 of the value's height away (more than the old quarter).
+    period = 192
+    xs = noise(period * 10, seed=3)
+    spikes = np.arange(period // 2, len(xs), period)
+    xs[spikes] = 10.0 + 15.0 * 1.4 ** np.arange(len(spikes))
+    echoes = ContextSurprise(period=period).score_learn_many(xs)
+    quarter = ContextSurprise(period=period, echo=0.25).score_learn_many(xs)
+    assert echoes[spikes[0]] > 3.0
+    assert echoes[spikes[1:]].max() < 0.1
+    assert np.median(quarter[spikes[1:]]) > 2.0
+
+
+def test_an_echo_that_chance_explains_does_not_count() -> None:
+    # With a day of 1,440 readings the echo window holds 203 of them: even a value no
+    # learned value matches would be matched by one of them about once in five days.
+    period = 1440
+    xs = noise(period * 4, seed=4)
+    spikes = np.arange(period // 2, len(xs), period)
+    xs[spikes] = 25.0 + 3.0 * np.arange(len(spikes))
+    checked = ContextSurprise(period=period).score_learn_many(xs)
+    unchecked = ContextSurprise(period=period, echo_chance=0.0).score_learn_many(xs)
+    assert unchecked[spikes[1:]].max() < 0.1
+    assert checked[spikes[1]] > 2.0
 
 
 @pytest.mark.parametrize(("flagged", "learned_max"), [("learn", 40.0), ("skip", 20.0)])
@@ -246,6 +286,8 @@ def test_state_stays_under_32_kb_with_the_longest_period(period: int) -> None:
 
 
 def test_bad_settings_say_what_was_expected() -> None:
+    with pytest.raises(ValueError, match="echo_chance"):
+        ContextSurprise(echo_chance=-0.1)
     with pytest.raises(ValueError, match="flagged"):
         ContextSurprise(flagged="ignore")
     with pytest.raises(ValueError, match="min_history"):
@@ -388,3 +430,15 @@ def test_a_state_with_named_scalars_resumes_as_a_packed_one() -> None:
     assert resumed.__dict__.keys() == d.__dict__.keys()
     tail = noise(300, seed=9)
     assert np.array_equal(resumed.score_learn_many(tail), packed.score_learn_many(tail))
+
+
+def test_a_state_pickled_before_echo_chance_resumes_without_the_check() -> None:
+    d = ContextSurprise(period=192, echo_chance=0.0)
+    d.score_learn_many(noise(600))
+    state = d.__getstate__()
+    state["_packed"] = state["_packed"][:-1]  # as pickled before the argument
+    old = ContextSurprise.__new__(ContextSurprise)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old.echo_chance == 0.0
+    tail = noise(300, seed=5)
+    assert np.array_equal(old.score_learn_many(tail), d.score_learn_many(tail))
