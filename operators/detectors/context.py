@@ -33,6 +33,14 @@ new *for the time of day*. Four surprises ``-log10 p`` (decimal digits) say so:
   same time yesterday or last week lies in the upper tail of the recent such
   distances: the level is not one this hour has shown.
 
+*Rare* also remembers further back than the learned window: the highest and
+lowest learned reading of each of the last ``reach_blocks`` stretches between
+refreshes are kept, and a value that ``k`` of those stretches reached (above the
+median, at least as high; below it, at least as low) is ``reach * log10(1 + k)``
+digits less rare. A level the series showed and learned as ordinary a few days
+ago, but not since, has left the window's tail, yet it is the series' own.
+Flagged readings are not remembered, so an anomaly does not excuse the next.
+
 The score is ``max(min(rare, new), seasonal)``: both must agree in each
 channel. Once there is a daily context, *rare* counts for no more than *rare
 for the time of day* plus ``TOD_MARGIN`` digits: a value at the edge of the
@@ -149,6 +157,9 @@ _MUTABLE = (
     "_totals",
     "_parts",
     "_pending",
+    "_reach",
+    "_reach_lo",
+    "_reach_hi",
 )
 #: Scalar attributes pickled together, in this order; new ones go at the end, so that a
 #: shorter tuple is one pickled before them (and :meth:`ContextSurprise.__setstate__`
@@ -159,6 +170,7 @@ _PACKED = (
     *("damping", "decay", "hold", "echo", "echo_frac", "echo_jitter", "flagged"),
     *("flag_level", "max_skip", "max_surprise", "xi_max", "season_s", "clip_share"),
     *("clip_level", "recal_horizon", "recal_prior", "warmup", "echo_chance"),
+    *("reach", "reach_blocks", "_reach_lo", "_reach_hi", "_reach"),
 )
 #: Digits by which "rare" may exceed "rare for the time of day" where there is a daily context.
 TOD_MARGIN = 1.0
@@ -191,6 +203,11 @@ class ContextSurprise(RefreshingDetector):
         echo_chance: Expected number of readings of the echo window as near to the
             value by chance (from the learned values) below which an echo counts
             (0: always).
+        reach: Digits of rarity taken off per ``log10(1 + k)``, ``k`` the remembered
+            stretches whose highest (lowest) learned reading reached the value
+            (0: none).
+        reach_blocks: Stretches between refreshes whose highest and lowest learned
+            readings are remembered for ``reach`` (8 bytes of state each).
         refresh: Readings between two refreshes of the model.
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
@@ -237,6 +254,8 @@ class ContextSurprise(RefreshingDetector):
         echo: float = 0.6,
         echo_frac: float = 0.07,
         echo_chance: float = 0.2,
+        reach: float = 0.7,
+        reach_blocks: int = 32,
         refresh: int = 128,
         decay: float = 0.02,
         damping: float = 0.1,
@@ -264,12 +283,14 @@ class ContextSurprise(RefreshingDetector):
             not 0.0 <= jitter_frac < 0.5
             or persist < 1
             or not (echo >= 0.0 and echo_frac >= 0.0 and echo_chance >= 0.0)
+            or not (reach >= 0.0 and reach_blocks >= 0)
         ):
             msg = (
                 "context: expected 0 <= jitter_frac < 0.5, persist >= 1, echo >= 0, "
                 f"echo_frac >= 0 and echo_chance >= 0, got jitter_frac={jitter_frac}, "
                 f"persist={persist}, echo={echo}, echo_frac={echo_frac}, "
-                f"echo_chance={echo_chance}"
+                f"echo_chance={echo_chance}, reach >= 0 and reach_blocks >= 0, got "
+                f"reach={reach}, reach_blocks={reach_blocks}"
             )
             raise ValueError(msg)
         if not (0.0 <= clip_share < 1.0 and clip_level > 0.0):
@@ -309,6 +330,12 @@ class ContextSurprise(RefreshingDetector):
         self.echo = echo
         self.echo_frac = echo_frac
         self.echo_chance = echo_chance
+        self.reach = reach
+        self.reach_blocks = reach_blocks
+        # Highest and lowest learned reading of each remembered stretch (float32 pairs,
+        # oldest first, as bytes: the smallest pickle), and of the stretch under way.
+        self._reach = b""
+        self._reach_lo, self._reach_hi = math.inf, -math.inf
         self.refresh = refresh
         self.decay = decay
         self.damping = damping
@@ -376,6 +403,12 @@ class ContextSurprise(RefreshingDetector):
         state.setdefault("echo_jitter", 0)
         # ... and before echo_chance: an echo counted however likely by chance.
         state.setdefault("echo_chance", 0.0)
+        # ... and before reach: no memory beyond the window.
+        state.setdefault("reach", 0.0)
+        state.setdefault("reach_blocks", 0)
+        state.setdefault("_reach_lo", math.inf)
+        state.setdefault("_reach_hi", -math.inf)
+        state.setdefault("_reach", b"")
         # ... and before clip_share: flagged readings' distances learned as they are.
         state.setdefault("clip_share", 0.0)
         state.setdefault("clip_level", 2.5)
@@ -432,6 +465,10 @@ class ContextSurprise(RefreshingDetector):
         return (self.count // self.refresh + 1) * self.refresh
 
     def _refresh(self) -> None:
+        if self.reach_blocks and self._reach_lo <= self._reach_hi:
+            pair = np.array([self._reach_hi, self._reach_lo], dtype=np.float32).tobytes()
+            self._reach = (self._reach + pair)[-8 * self.reach_blocks :]
+        self._reach_lo, self._reach_hi = math.inf, -math.inf
         w = self.window
         self._values, self._dists = self._values[-w:], self._dists[-w:]
         self._resids, self._season_dists = self._resids[-w:], self._season_dists[-w:]
@@ -624,6 +661,17 @@ class ContextSurprise(RefreshingDetector):
         # Rare overall but ordinary for the hour (a daily peak) counts as rare for the hour.
         daily = np.isfinite(resids) & (resid_model is not None)
         rare = np.where(daily, np.minimum(rare, rare_tod + TOD_MARGIN), rare)
+        if self.reach and self._reach and value_model is not None:
+            # Less rare for each remembered stretch that reached the value.
+            pairs = np.frombuffer(self._reach, dtype=np.float32).reshape(-1, 2)
+            highs, lows = np.sort(pairs[:, 0]), np.sort(pairs[:, 1])
+            median = value_model.sorted[len(value_model.sorted) // 2]
+            reached = np.where(
+                safe > median,
+                len(highs) - np.searchsorted(highs, safe, "left"),
+                np.searchsorted(lows, safe, "right"),
+            )
+            rare = rare - self.reach * np.log10(1.0 + reached)
         new_tod = tail_surprise(season_model, season_dists, two_sided=False)
         seasonal = self._hold(np.minimum(rare_tod, new_tod))
         total = np.clip(np.maximum(np.minimum(rare, new), seasonal), 0.0, self.max_surprise)
@@ -655,6 +703,10 @@ class ContextSurprise(RefreshingDetector):
                 learn | clipped
             ]
         self._values = np.concatenate((self._values, learned))
+        if learn.any() and self.reach_blocks:
+            seen = safe[learn]
+            self._reach_lo = min(self._reach_lo, float(seen.min()))
+            self._reach_hi = max(self._reach_hi, float(seen.max()))
         flagged = finite & ~learn
         if self.clip_share > 0.0 and flagged.any():
             share, flags, since = self._flags

@@ -14,8 +14,8 @@ from operators.detectors.context import _PACKED, PARTS, TOD_MARGIN, ContextSurpr
 pytestmark = pytest.mark.timeout(60)
 
 
-def noise(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(10.0, 1.0, n)
+def noise(n: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(10.0, scale, n)
 
 
 def named_state(d: ContextSurprise) -> dict[str, Any]:
@@ -177,14 +177,14 @@ def test_a_daily_spike_a_third_higher_each_day_is_an_echo() -> None:
 
 
 def test_an_echo_that_chance_explains_does_not_count() -> None:
-    # With a day of 1,440 readings the echo window holds 203 of them: even a value no
-    # learned value matches would be matched by one of them about once in five days.
+    # As before, without the memory (which lowers the rarity of the growing daily spike
+    # a little and so leaves a trace, 0.14, of the unchecked one).
     period = 1440
     xs = noise(period * 4, seed=4)
     spikes = np.arange(period // 2, len(xs), period)
     xs[spikes] = 25.0 + 3.0 * np.arange(len(spikes))
-    checked = ContextSurprise(period=period).score_learn_many(xs)
-    unchecked = ContextSurprise(period=period, echo_chance=0.0).score_learn_many(xs)
+    checked = ContextSurprise(period=period, reach=0.0).score_learn_many(xs)
+    unchecked = ContextSurprise(period=period, echo_chance=0.0, reach=0.0).score_learn_many(xs)
     assert unchecked[spikes[1:]].max() < 0.1
     assert checked[spikes[1]] > 2.0
 
@@ -433,12 +433,73 @@ def test_a_state_with_named_scalars_resumes_as_a_packed_one() -> None:
 
 
 def test_a_state_pickled_before_echo_chance_resumes_without_the_check() -> None:
-    d = ContextSurprise(period=192, echo_chance=0.0)
+    # echo_chance is no longer last in _PACKED: drop it and the reach settings.
+    d = ContextSurprise(period=192, echo_chance=0.0, reach=0.0, reach_blocks=0)
     d.score_learn_many(noise(600))
     state = d.__getstate__()
-    state["_packed"] = state["_packed"][:-1]  # as pickled before the argument
+    state["_packed"] = state["_packed"][:-6]
     old = ContextSurprise.__new__(ContextSurprise)
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     assert old.echo_chance == 0.0
     tail = noise(300, seed=5)
+    assert np.array_equal(old.score_learn_many(tail), d.score_learn_many(tail))
+
+
+def wide_then_narrow() -> np.ndarray:
+    # A wide stretch, learned as normal, then a narrow one longer than the window.
+    return np.concatenate((noise(600, seed=1, scale=3.0), noise(1600, seed=2)))
+
+
+def test_a_level_learned_before_the_window_is_less_rare() -> None:
+    xs = wide_then_narrow()
+    probe = np.array([17.0])
+    rarity = {}
+    for reach in (0.0, 0.7):
+        d = ContextSurprise(reach=reach)
+        d.score_learn_many(xs)
+        d.score_learn_many(probe)
+        rarity[reach] = d.explain()["rare"][0]
+    # The window (last 1000 readings) never reached 17: far out in its tail...
+    assert rarity[0.0] > 4.0
+    # ... but a few of the remembered stretches did.
+    assert rarity[0.7] < rarity[0.0] - 0.2
+
+
+def test_the_memory_keeps_reach_blocks_stretches_of_learned_readings_only() -> None:
+    d = ContextSurprise(reach_blocks=8)
+    d.score_learn_many(noise(3000))
+    assert len(d._reach) == 8 * 8  # float32 (highest, lowest) pairs
+    d.score_learn_many(np.array([60.0]))  # flagged: not learned, not remembered
+    d.score_learn_many(noise(300, seed=3))  # past two refreshes
+    pairs = np.frombuffer(d._reach, dtype=np.float32).reshape(-1, 2)
+    assert pairs[:, 0].max() < 30.0
+
+
+def test_no_reach_no_memory_effect() -> None:
+    xs = wide_then_narrow()
+    xs[[1800, 2100]] = 17.5
+    a = ContextSurprise(reach=0.0).score_learn_many(xs)
+    b = ContextSurprise(reach=0.0, reach_blocks=0).score_learn_many(xs)
+    c = ContextSurprise(reach=0.7).score_learn_many(xs)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("bad", [{"reach": -0.1}, {"reach_blocks": -1}])
+def test_reach_is_validated(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="reach"):
+        ContextSurprise(**bad)  # type: ignore[arg-type]
+
+
+def test_a_state_pickled_before_reach_resumes_without_it() -> None:
+    d = ContextSurprise(period=192, reach=0.0, reach_blocks=0)
+    d.score_learn_many(noise(1200))
+    state = d.__getstate__()
+    state["_packed"] = state["_packed"][:-5]  # as pickled before the arguments
+    old = ContextSurprise.__new__(ContextSurprise)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old.reach == 0.0
+    assert old.reach_blocks == 0
+    assert old._reach == b""
+    tail = noise(600, seed=5)
     assert np.array_equal(old.score_learn_many(tail), d.score_learn_many(tail))
