@@ -433,11 +433,11 @@ def test_a_state_with_named_scalars_resumes_as_a_packed_one() -> None:
 
 
 def test_a_state_pickled_before_echo_chance_resumes_without_the_check() -> None:
-    # echo_chance is no longer last in _PACKED: drop it and the reach settings.
     d = ContextSurprise(period=192, echo_chance=0.0, reach=0.0, reach_blocks=0)
     d.score_learn_many(noise(600))
     state = d.__getstate__()
-    state["_packed"] = state["_packed"][:-6]
+    # As a store written before echo_chance: its settings and the later ones absent.
+    state["_packed"] = state["_packed"][: _PACKED.index("echo_chance")]
     old = ContextSurprise.__new__(ContextSurprise)
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     assert old.echo_chance == 0.0
@@ -495,7 +495,7 @@ def test_a_state_pickled_before_reach_resumes_without_it() -> None:
     d = ContextSurprise(period=192, reach=0.0, reach_blocks=0)
     d.score_learn_many(noise(1200))
     state = d.__getstate__()
-    state["_packed"] = state["_packed"][:-5]  # as pickled before the arguments
+    state["_packed"] = state["_packed"][: _PACKED.index("reach")]  # as before the memory
     old = ContextSurprise.__new__(ContextSurprise)
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     assert old.reach == 0.0
