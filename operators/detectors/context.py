@@ -41,11 +41,28 @@ digits less rare. A level the series showed and learned as ordinary a few days
 ago, but not since, has left the window's tail, yet it is the series' own.
 Flagged readings are not remembered, so an anomaly does not excuse the next.
 
-The score is ``max(min(rare, new), seasonal)``: both must agree in each
-channel. Once there is a daily context, *rare* counts for no more than *rare
-for the time of day* plus ``TOD_MARGIN`` digits: a value at the edge of the
-overall range yet ordinary for its hour (the daily peak) is not rare evidence
-by itself. The *seasonal* channel is the smaller of the two time-of-day
+*Burst*: rare readings come closer together than the series has ever had them.
+A reading at least ``BURST_LEVEL`` digits rare after one that is not starts a run
+of rare readings; each start closes a burst of its last 2, 3, ... ``bursts``
+starts, which spans some readings. A burst shorter than every earlier one of as
+many starts scores by how much less likely it is, as ``P(Poisson(span * rate) >=
+starts)``, than the densest earlier one, ``rate`` being the series' own starts
+per reading (a pseudo-start at ``10**-BURST_LEVEL`` per reading, then the starts
+counted fading like the recalibration's counts, both taken in at each refresh;
+without the recalibration, the pseudo-start alone);
+only a burst itself at least ``BURST_FLOOR`` digits unlikely scores, and only once
+an earlier burst of as many starts exists and the detector has warmed up. Spikes
+to a level the series shows every day or two are neither rare nor new one by one;
+a cluster of them where they used to come two a hundred readings is news. A run
+of rare readings counts once, so a plateau or a busy spell is one start and
+leaves the channel to the others; a series whose bursts come at every density has
+set its densest long ago.
+
+The score is ``max(min(rare, new), seasonal, burst)``: both must agree in each
+of the first two channels. Once there is a daily context, *rare* counts for
+no more than *rare for the time of day* plus ``TOD_MARGIN`` digits: a value at
+the edge of the overall range yet ordinary for its hour (the daily peak) is not
+rare evidence by itself. The *seasonal* channel is the smaller of the two time-of-day
 surprises, held as the least of its last ``persist`` readings (carried across
 batches), so a single odd reading does not fire it; it catches what the recent
 context hides, such as a level that is ordinary overall but wrong for the hour.
@@ -73,11 +90,17 @@ per-event numbers.
 An event is reported once: after a score ``s`` at reading ``i``, a later score
 is damped (multiplied by ``damping``) unless it exceeds both ``s - decay * (j - i)``,
 a refractory bar that falls by ``decay`` decimal digits per reading, and every
-score (before damping) of the last ``hold`` readings. That second bar does not
-fall, so a plateau (the held seasonal channel, values at the edge of the learned
-range) is reported at its first reading only. A score while warming up raises
-no refractory bar: it is overstated, and its bar would hide the first events
-after the warm-up.
+score (before damping) of the last ``hold`` readings by a tenth of a digit (the step
+at which the recalibration tells scores apart). That second bar does not fall, so a
+plateau (the held seasonal channel, values at the edge of the learned range) is
+reported at its first reading only, even when it creeps up. A point anomaly (the
+rare-and-new channel drives the score) right after a reading those bars let through
+is the same event going on: it is reported again only when it is ``REALERT_MARGIN``
+digits above that reading, some three times less likely. The seasonal channel is held
+as the least of ``persist`` readings, so it climbs in steps by construction while an
+event sets in, and no such margin applies to it. A score while warming up raises no
+refractory bar: it is overstated, and its bar would hide the first events after the
+warm-up.
 
 What the detector learns from readings it flags is a choice (``flagged``):
 ``learn`` everything, ``skip`` readings whose rarity surprise reaches
@@ -135,6 +158,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
+from scipy.special import gammainc
 
 from operators.detectors.base import RefreshingDetector
 from operators.detectors.tailmodel import TailModel, tail_surprise
@@ -155,11 +179,16 @@ _MUTABLE = (
     "_flags",
     "_bar",
     "_totals",
+    "_reported",
     "_parts",
     "_pending",
     "_reach",
     "_reach_lo",
     "_reach_hi",
+    "_burst_last",
+    "_burst_starts",
+    "_burst_ago",
+    "_burst_min",
 )
 #: Scalar attributes pickled together, in this order; new ones go at the end, so that a
 #: shorter tuple is one pickled before them (and :meth:`ContextSurprise.__setstate__`
@@ -170,14 +199,23 @@ _PACKED = (
     *("damping", "decay", "hold", "echo", "echo_frac", "echo_jitter", "flagged"),
     *("flag_level", "max_skip", "max_surprise", "xi_max", "season_s", "clip_share"),
     *("clip_level", "recal_horizon", "recal_prior", "warmup", "echo_chance"),
-    *("reach", "reach_blocks", "_reach_lo", "_reach_hi", "_reach"),
+    *("reach", "reach_blocks", "_reach_lo", "_reach_hi", "_reach", "_reported"),
+    *("bursts", "_burst_last", "_burst_starts", "_burst_ago", "_burst_min"),
 )
 #: Digits by which "rare" may exceed "rare for the time of day" where there is a daily context.
 TOD_MARGIN = 1.0
 #: Width, in decimal digits, of the levels at which the series' own surprises are tallied.
 RECAL_STEP = 0.1
+#: Rarity (digits) at which a reading counts as rare for the burst channel.
+BURST_LEVEL = 1.5
+#: Digits by which a burst must itself be unlikely before it can score.
+BURST_FLOOR = 2.0
+#: Readings beyond which the burst channel tells no spans apart (they are kept as uint16).
+SPAN_CAP = 65535
+#: Digits by which a point anomaly must beat the reported reading just before it.
+REALERT_MARGIN = 0.5
 #: Names of the surprises :meth:`ContextSurprise.explain` reports, in digits.
-PARTS = ("rare", "new", "rare for the time of day", "new for the time of day", "seasonal")
+PARTS = ("rare", "new", "rare for the time of day", "new for the time of day", "seasonal", "burst")
 
 
 class ContextSurprise(RefreshingDetector):
@@ -212,6 +250,8 @@ class ContextSurprise(RefreshingDetector):
         decay: Decimal digits per reading by which the refractory bar falls.
         damping: Factor on a surprise under the refractory bar.
         hold: Readings whose scores a later score must exceed (0: none), besides the bar.
+        bursts: Most starts of runs of rare readings in a burst the burst channel scores
+            (below 2: no burst channel).
         recal_horizon: Readings over which the series' earlier scores fade from the
             counts that recalibrate a score (0: no recalibration).
         recal_prior: Pseudo-count added to both the earlier scores at least as high and
@@ -260,6 +300,7 @@ class ContextSurprise(RefreshingDetector):
         decay: float = 0.02,
         damping: float = 0.1,
         hold: int = 6,
+        bursts: int = 4,
         recal_horizon: float = 10000.0,
         recal_prior: float = 0.5,
         warmup: float = 0.5,
@@ -306,6 +347,7 @@ class ContextSurprise(RefreshingDetector):
             not 0.0 <= damping <= 1.0
             or decay < 0.0
             or hold < 0
+            or bursts < 0
             or recal_horizon < 0.0
             or recal_prior <= 0.0
             or warmup < 0.0
@@ -313,10 +355,10 @@ class ContextSurprise(RefreshingDetector):
             or not xi_max < 1.0
         ):
             msg = (
-                "context: expected 0 <= damping <= 1, decay >= 0, hold >= 0, recal_horizon >= 0, "
-                "recal_prior > 0, warmup >= 0, max_surprise > 0, xi_max < 1, got "
-                f"{damping}, {decay}, {hold}, {recal_horizon}, {recal_prior}, {warmup}, "
-                f"{max_surprise}, {xi_max}"
+                "context: expected 0 <= damping <= 1, decay >= 0, hold >= 0, bursts >= 0, "
+                "recal_horizon >= 0, recal_prior > 0, warmup >= 0, max_surprise > 0, xi_max < 1, "
+                f"got {damping}, {decay}, {hold}, {bursts}, {recal_horizon}, {recal_prior}, "
+                f"{warmup}, {max_surprise}, {xi_max}"
             )
             raise ValueError(msg)
         self.window = window
@@ -340,6 +382,15 @@ class ContextSurprise(RefreshingDetector):
         self.decay = decay
         self.damping = damping
         self.hold = hold
+        self.bursts = bursts
+        # The burst channel: whether the last reading was rare; the starts of runs of rare
+        # readings counted (fading like the recalibration's readings) and since the last
+        # refresh; how many readings ago the last bursts - 1 starts were, newest first, and
+        # the fewest readings that 2, 3, ... bursts starts have spanned (uint16 bytes).
+        self._burst_last = 0
+        self._burst_starts = (0.0, 0)
+        spans = np.full(max(0, bursts - 1), SPAN_CAP, dtype=np.uint16).tobytes()
+        self._burst_ago, self._burst_min = spans, spans
         self.recal_horizon = recal_horizon
         self.recal_prior = recal_prior
         self.warmup = warmup
@@ -373,6 +424,7 @@ class ContextSurprise(RefreshingDetector):
         self._flags: tuple[float, int, int] = (0.0, 0, 0)
         self._bar = -math.inf  # refractory bar plus decay * reading index
         self._totals = np.full(hold, -np.inf)  # the last hold scores before damping
+        self._reported = False  # whether the last reading passed the refractory bars
         # The series' own scores: how many readings reached each level (decayed; level 0
         # counts them all), and the levels of the readings since the last refresh. float32
         # counts and a byte per pending reading keep the state small.
@@ -398,6 +450,8 @@ class ContextSurprise(RefreshingDetector):
         # detector then was: neither rule.
         state.setdefault("hold", 0)
         state.setdefault("_totals", np.full(state["hold"], -np.inf))
+        # ... and before the re-alert margin: the last reading not reported (no margin).
+        state.setdefault("_reported", False)
         state.setdefault("echo", 0.0)
         state.setdefault("echo_frac", 0.0)
         state.setdefault("echo_jitter", 0)
@@ -420,6 +474,12 @@ class ContextSurprise(RefreshingDetector):
         state.setdefault("warmup", 0.0)
         state.setdefault("_tally", np.zeros(_levels(state["max_surprise"]), dtype=np.float32))
         state.setdefault("_pending", np.empty(0, dtype=np.uint8))
+        # ... and before the burst channel: none.
+        state.setdefault("bursts", 0)
+        state.setdefault("_burst_last", 0)
+        state.setdefault("_burst_starts", (0.0, 0))
+        state.setdefault("_burst_ago", b"")
+        state.setdefault("_burst_min", b"")
         self.__dict__.update(state)
         self._parts = ()
         self._fit_models()
@@ -482,6 +542,8 @@ class ContextSurprise(RefreshingDetector):
             fade = math.exp(-len(self._pending) / self.recal_horizon)
             reached = np.cumsum(np.bincount(self._pending, minlength=len(self._tally))[::-1])[::-1]
             self._tally = (self._tally * fade + reached).astype(np.float32)
+            counted, pending = self._burst_starts
+            self._burst_starts = (counted * fade + pending, 0)
             self._pending = np.empty(0, dtype=np.uint8)
 
     def _lag_groups(self) -> list[tuple[int, int]]:
@@ -584,6 +646,55 @@ class ContextSurprise(RefreshingDetector):
         self._pending = np.concatenate((self._pending, level[finite].astype(np.uint8)))
         return adjusted
 
+    def _burst(self, rare: FloatArray, finite: BoolArray) -> FloatArray:
+        """Surprise of a burst of rare readings denser than any the series has shown.
+
+        A reading is rare at ``BURST_LEVEL`` digits; a run of them starts where
+        the reading before was not rare. Each start closes, for ``j`` = 2 to
+        ``bursts``, a burst of its last ``j`` starts within some ``span`` of readings;
+        one denser (shorter) than every earlier burst of ``j`` starts scores
+        ``-log10 P(Poisson(span * rate) >= j)`` beyond the same for the densest
+        earlier one, ``rate`` being the series' starts per reading (fixed between
+        refreshes), if the burst is itself at least ``BURST_FLOOR`` digits unlikely.
+        Nothing before there is such an earlier burst, nor while warming up.
+        """
+        n = len(rare)
+        rarest = (rare >= BURST_LEVEL) & finite
+        follows = np.concatenate(([self._burst_last != 0], rarest[:-1]))
+        starts = np.flatnonzero(rarest & ~follows)
+        self._burst_last = int(rarest[-1])
+        ago = np.frombuffer(self._burst_ago, dtype=np.uint16).astype(np.int64)
+        if len(starts) == 0:
+            self._burst_ago = np.minimum(ago + n, SPAN_CAP).astype(np.uint16).tobytes()
+            return np.zeros(n)
+        counted, pending = self._burst_starts
+        self._burst_starts = (counted, pending + len(starts))
+        last = self.bursts - 1
+        # Earlier starts as (negative) indices into this stretch, oldest first, then these.
+        at = np.concatenate((-ago[::-1], starts))
+        # Starts per reading: the pseudo-start at the calibrated rate, then the series' own.
+        rate = (counted + 1.0) / (float(self._tally[0]) + 10.0**BURST_LEVEL)
+        scoring = not self._warming_up()
+        fewest = np.frombuffer(self._burst_min, dtype=np.uint16).astype(np.int64)
+        out = np.zeros(len(starts))
+        for j in range(1, last + 1):
+            # The readings spanned by each start and the j starts before it.
+            span = np.minimum(starts - at[last - j : len(at) - j] + 1, SPAN_CAP)
+            densest = np.minimum.accumulate(np.concatenate((fewest[j - 1 : j], span)))
+            fewest[j - 1] = densest[-1]
+            denser = (span < densest[:-1]) & (densest[:-1] < SPAN_CAP)
+            if scoring and denser.any():
+                lam = np.stack((span[denser], densest[:-1][denser])) * rate
+                p = np.maximum(gammainc(j + 1, lam), 1e-300)
+                gain = np.where(p[0] <= 10.0**-BURST_FLOOR, np.log10(p[1] / p[0]), 0.0)
+                out[denser] = np.maximum(out[denser], gain)
+        self._burst_min = fewest.astype(np.uint16).tobytes()
+        recent = np.minimum(n - at[len(at) - last :], SPAN_CAP)[::-1]
+        self._burst_ago = recent.astype(np.uint16).tobytes()
+        surprise = np.zeros(n)
+        surprise[starts] = out
+        return surprise
+
     def _warming_up(self) -> bool:
         """Whether the value model is fitted on fewer than ``warmup * window`` values."""
         model = self._models[0]
@@ -674,8 +785,10 @@ class ContextSurprise(RefreshingDetector):
             rare = rare - self.reach * np.log10(1.0 + reached)
         new_tod = tail_surprise(season_model, season_dists, two_sided=False)
         seasonal = self._hold(np.minimum(rare_tod, new_tod))
-        total = np.clip(np.maximum(np.minimum(rare, new), seasonal), 0.0, self.max_surprise)
-        parts = np.vstack((rare, new, rare_tod, new_tod, seasonal))
+        burst = self._burst(rare, finite) if self.bursts > 1 else np.zeros(n)
+        point, others = np.minimum(rare, new), np.maximum(seasonal, burst)
+        total = np.clip(np.maximum(point, others), 0.0, self.max_surprise)
+        parts = np.vstack((rare, new, rare_tod, new_tod, seasonal, burst))
         self._parts = (*self._parts, np.minimum(parts, self.max_surprise))
         if self.recal_horizon:
             total = self._recalibrate(total, finite)
@@ -690,7 +803,13 @@ class ContextSurprise(RefreshingDetector):
         if self.hold:
             totals = np.concatenate((self._totals, total))
             self._totals = totals[n:]
-            under |= total <= _windows(totals[:-1], self.hold).max(axis=1)
+            # Higher than the last hold scores by a tenth of a digit, the step of the tally.
+            under |= total <= _windows(totals[:-1], self.hold).max(axis=1) + RECAL_STEP
+            # A point anomaly barely above the reported reading just before is that event.
+            reported = np.concatenate(([self._reported], ~under[:-1]))
+            self._reported = bool(not under[-1])
+            margin = (point >= others) & reported
+            under |= margin & (total <= totals[self.hold - 1 : -1] + REALERT_MARGIN)
         # A non-finite value always scores the cap: it is bad data, not part of an event.
         out = np.where(under & finite, total * self.damping, total)
 

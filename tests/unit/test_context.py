@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from operators.detectors.context import _PACKED, PARTS, TOD_MARGIN, ContextSurprise
+from operators.detectors.context import (
+    _PACKED,
+    PARTS,
+    REALERT_MARGIN,
+    TOD_MARGIN,
+    ContextSurprise,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -340,8 +346,9 @@ def test_a_spike_the_series_keeps_repeating_needs_more_each_time() -> None:
 
 def test_no_recalibration_on_a_series_that_keeps_to_its_odds() -> None:
     xs = noise(8000, seed=4)
-    plain = ContextSurprise(period=288, recal_horizon=0).score_learn_many(xs)
-    recal = ContextSurprise(period=288).score_learn_many(xs)
+    # Undamped: a tiny shift of a noise-level score may cross a refractory margin.
+    plain = ContextSurprise(period=288, recal_horizon=0, damping=1.0).score_learn_many(xs)
+    recal = ContextSurprise(period=288, damping=1.0).score_learn_many(xs)
     # Only the lowest scores move, by less than a level's width; the high ones stay.
     assert float(np.abs(plain - recal).max()) < 0.1
     high = plain >= 1.5
@@ -433,7 +440,7 @@ def test_a_state_with_named_scalars_resumes_as_a_packed_one() -> None:
 
 
 def test_a_state_pickled_before_echo_chance_resumes_without_the_check() -> None:
-    d = ContextSurprise(period=192, echo_chance=0.0, reach=0.0, reach_blocks=0)
+    d = ContextSurprise(period=192, echo_chance=0.0, reach=0.0, reach_blocks=0, bursts=0)
     d.score_learn_many(noise(600))
     state = d.__getstate__()
     # As a store written before echo_chance: its settings and the later ones absent.
@@ -492,7 +499,7 @@ def test_reach_is_validated(bad: dict[str, float]) -> None:
 
 
 def test_a_state_pickled_before_reach_resumes_without_it() -> None:
-    d = ContextSurprise(period=192, reach=0.0, reach_blocks=0)
+    d = ContextSurprise(period=192, reach=0.0, reach_blocks=0, bursts=0)
     d.score_learn_many(noise(1200))
     state = d.__getstate__()
     state["_packed"] = state["_packed"][: _PACKED.index("reach")]  # as before the memory
@@ -503,3 +510,159 @@ def test_a_state_pickled_before_reach_resumes_without_it() -> None:
     assert old._reach == b""
     tail = noise(600, seed=5)
     assert np.array_equal(old.score_learn_many(tail), d.score_learn_many(tail))
+
+
+def spike_then_a_little_more(second: float) -> np.ndarray:
+    xs = noise(1200, seed=0)
+    xs[600], xs[601] = 15.0, second
+    return xs
+
+
+def test_a_point_anomaly_a_little_higher_on_the_next_reading_is_the_same_event() -> None:
+    xs = spike_then_a_little_more(18.5)
+    undamped = ContextSurprise(damping=1.0).score_learn_many(xs)
+    # The second reading is rarer, by more than a tenth of a digit but less than the margin.
+    assert undamped[600] > 4.0
+    assert undamped[600] + 0.1 < undamped[601] < undamped[600] + REALERT_MARGIN
+    out = ContextSurprise().score_learn_many(xs)
+    assert out[600] == undamped[600]
+    assert out[601] == pytest.approx(0.1 * undamped[601])  # damped: already reported
+
+
+def test_a_point_anomaly_well_above_the_reading_before_is_reported_again() -> None:
+    xs = spike_then_a_little_more(20.0)
+    undamped = ContextSurprise(damping=1.0).score_learn_many(xs)
+    assert undamped[601] > undamped[600] + REALERT_MARGIN
+    out = ContextSurprise().score_learn_many(xs)
+    assert out[600:602].tolist() == undamped[600:602].tolist()
+
+
+def test_a_seasonal_climb_is_reported_at_each_step_of_more_than_a_tenth_of_a_digit() -> None:
+    xs = daily_wave(40, seed=8)
+    start = 24 * 30 + 4
+    xs[start : start + 10] -= np.arange(1, 11)  # a drift wrong for the hour, a unit an hour
+    out = {}
+    for damping in (1.0, 0.1):
+        d = ContextSurprise(damping=damping)
+        d.observe_intervals(np.full(8, 3600.0))
+        d.score_learn_many(xs[:start])
+        out[damping] = d.score_learn_many(xs[start : start + 10])
+        parts = d.explain()
+    undamped, scores = out[1.0], out[0.1]
+    # The held seasonal channel drives the climb (not the point channel) ...
+    assert (parts["seasonal"][6:] > np.minimum(parts["rare"], parts["new"])[6:]).all()
+    # ... climbs by a quarter of a digit, creeps up by less than a tenth, then climbs on.
+    assert 0.1 < undamped[7] - undamped[6] < REALERT_MARGIN
+    assert 0.0 < undamped[8] - undamped[7] < 0.1
+    assert 0.1 < undamped[9] - undamped[8] < REALERT_MARGIN
+    # No margin holds a seasonal onset back; the creep is the same level again.
+    assert scores[6:8].tolist() == undamped[6:8].tolist()
+    assert scores[8] == pytest.approx(0.1 * undamped[8])
+    assert scores[9] == undamped[9]
+
+
+def test_the_reported_reading_carries_across_batches_and_pickles() -> None:
+    xs = spike_then_a_little_more(18.5)
+    batch = ContextSurprise().score_learn_many(xs)
+    first = ContextSurprise()
+    head = first.score_learn_many(xs[:601])  # the batch ends on the first spike
+    restored = pickle.loads(pickle.dumps(first))
+    assert np.array_equal(np.concatenate((head, restored.score_learn_many(xs[601:]))), batch)
+    one = ContextSurprise()
+    per_event = []
+    for x in xs[:640]:
+        per_event.append(one.score_one(x))
+        one.learn_one(x)
+    assert np.array_equal(np.array(per_event), batch[:640])
+
+
+def test_a_state_pickled_before_the_re_alert_margin_resumes_with_nothing_reported() -> None:
+    d = ContextSurprise()
+    d.score_learn_many(spike_then_a_little_more(18.5)[:601])
+    assert d._reported
+    state = d.__getstate__()
+    state["_packed"] = state["_packed"][: _PACKED.index("_reported")]  # as before the margin
+    old = ContextSurprise.__new__(ContextSurprise)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old._reported is False
+
+
+def spikes_twice_a_hundred(n: int = 4032) -> np.ndarray:
+    """A flat series with a spike to the same level at readings 0 and 6 of every hundred."""
+    xs = np.zeros(n)
+    xs[(np.arange(n) % 100 == 0) | (np.arange(n) % 100 == 6)] = 20.0
+    return xs
+
+
+def test_spikes_to_a_common_level_coming_closer_together_are_news() -> None:
+    xs = spikes_twice_a_hundred()
+    extra = [2005, 2010, 2015]  # four spikes within 16 readings where two in 100 are usual
+    xs[extra] = 20.0
+    d = ContextSurprise(period=288)
+    scores = d.score_learn_many(xs)
+    # Every spike is a level the series shows all the time: neither rare nor new alone.
+    assert scores[1500:2000].max() < 1.0
+    assert scores[extra].max() > 2.5
+    same = ContextSurprise(period=288, bursts=0).score_learn_many(xs)
+    assert same[extra].max() < 1.0
+
+
+def test_spikes_at_their_usual_pace_score_nothing() -> None:
+    d = ContextSurprise(period=288)
+    d.score_learn_many(spikes_twice_a_hundred())
+    assert d.explain()["burst"].max() == 0.0
+
+
+def test_a_run_of_rare_readings_is_one_start() -> None:
+    xs = spikes_twice_a_hundred()
+    xs[2030:2070] = 20.0  # a plateau at the spikes' level: one run, not 40 spikes
+    d = ContextSurprise(period=288)
+    d.score_learn_many(xs[:2030])
+    d.score_learn_many(xs[2030:])
+    # Its first reading is a start like any spike; the 39 after it add nothing.
+    assert d.explain()["burst"][1:].max() == 0.0
+
+
+def test_a_series_that_bursts_at_every_density_gets_used_to_it() -> None:
+    rng = np.random.default_rng(3)
+    xs = rng.normal(10.0, 1.0, 12000)
+    # Spikes in clusters of random size and spread all along.
+    for start in rng.choice(len(xs) - 40, 120, replace=False):
+        xs[start + rng.choice(40, rng.integers(1, 6), replace=False)] += rng.uniform(5.0, 9.0)
+    d = ContextSurprise(period=288)
+    d.score_learn_many(xs[:6000])
+    d.score_learn_many(xs[6000:])
+    assert d.explain()["burst"].max() < 2.0
+
+
+def test_batch_form_equals_per_event_form_through_a_burst() -> None:
+    xs = spikes_twice_a_hundred(2400)
+    xs[[2005, 2010, 2015]] = 20.0
+    batch = ContextSurprise(period=288).score_learn_many(xs)
+    d = ContextSurprise(period=288)
+    one_by_one = np.array([d.score_learn_many(np.array([x]))[0] for x in xs])
+    assert batch[2015] > 2.0
+    assert np.array_equal(batch, one_by_one)
+    # ... and resumed from a pickle taken inside the burst.
+    e = ContextSurprise(period=288)
+    e.score_learn_many(xs[:2008])
+    resumed = pickle.loads(pickle.dumps(e))
+    assert np.array_equal(resumed.score_learn_many(xs[2008:]), batch[2008:])
+
+
+def test_a_state_pickled_before_the_burst_channel_resumes_without_it() -> None:
+    xs = spikes_twice_a_hundred()
+    xs[[2005, 2010, 2015]] = 20.0
+    d = ContextSurprise(period=288)
+    d.score_learn_many(xs[:1500])
+    state = d.__getstate__()
+    state["_packed"] = state["_packed"][: _PACKED.index("bursts")]
+    old = ContextSurprise.__new__(ContextSurprise)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old.bursts == 0
+    assert old.score_learn_many(xs[1500:])[[505, 510, 515]].max() < 1.0
+
+
+def test_bursts_is_validated() -> None:
+    with pytest.raises(ValueError, match="bursts"):
+        ContextSurprise(bursts=-1)
