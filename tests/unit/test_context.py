@@ -71,14 +71,21 @@ def daily_wave(days: int, seed: int) -> np.ndarray:
     return 10.0 + 5.0 * np.sin(2 * np.pi * hours / 24) + jitter
 
 
+def hourly_after(
+    xs: np.ndarray, start: int, length: int, **settings: Any
+) -> tuple[np.ndarray, ContextSurprise]:
+    """Scores of ``xs[start : start + length]`` by an hourly detector taught ``xs[:start]``."""
+    d = ContextSurprise(**settings)
+    d.observe_intervals(np.full(8, 3600.0))
+    d.score_learn_many(xs[:start])
+    return d.score_learn_many(xs[start : start + length]), d
+
+
 def test_a_level_wrong_for_the_hour_fires_the_seasonal_channel_once_it_persists() -> None:
     xs = daily_wave(40, seed=8)
     start = 24 * 30 + 4  # the morning rise of day 30...
     xs[start : start + 6] = xs[start - 12 : start - 6]  # ...shows the night's readings instead
-    d = ContextSurprise()
-    d.observe_intervals(np.full(8, 3600.0))
-    d.score_learn_many(xs[:start])
-    scores = d.score_learn_many(xs[start : start + 6])
+    scores, d = hourly_after(xs, start, 6)
     parts = d.explain()
     # Nothing rare or new overall: the night shows these levels every day.
     assert max(parts["rare"].max(), parts["new"].max()) < 2.0
@@ -235,12 +242,7 @@ def test_a_plateau_of_scores_reports_once() -> None:
     xs = daily_wave(40, seed=8)
     start = 24 * 30 + 4
     xs[start : start + 6] = xs[start - 10 : start - 4]  # the night's levels, as in the test above
-    out = {}
-    for hold in (0, 6):
-        d = ContextSurprise(hold=hold)
-        d.observe_intervals(np.full(8, 3600.0))
-        d.score_learn_many(xs[:start])
-        out[hold] = d.score_learn_many(xs[start : start + 6])
+    out = {hold: hourly_after(xs, start, 6, hold=hold)[0] for hold in (0, 6)}
     # The held seasonal channel stays near its level for two readings: the falling bar
     # alone lets both fire; the hold reports the second no more.
     assert min(out[0][2:4]) > 4.0
@@ -541,14 +543,9 @@ def test_a_seasonal_climb_is_reported_at_each_step_of_more_than_a_tenth_of_a_dig
     xs = daily_wave(40, seed=8)
     start = 24 * 30 + 4
     xs[start : start + 10] -= np.arange(1, 11)  # a drift wrong for the hour, a unit an hour
-    out = {}
-    for damping in (1.0, 0.1):
-        d = ContextSurprise(damping=damping)
-        d.observe_intervals(np.full(8, 3600.0))
-        d.score_learn_many(xs[:start])
-        out[damping] = d.score_learn_many(xs[start : start + 10])
-        parts = d.explain()
-    undamped, scores = out[1.0], out[0.1]
+    undamped = hourly_after(xs, start, 10, damping=1.0)[0]
+    scores, d = hourly_after(xs, start, 10, damping=0.1)
+    parts = d.explain()
     # The held seasonal channel drives the climb (not the point channel) ...
     assert (parts["seasonal"][6:] > np.minimum(parts["rare"], parts["new"])[6:]).all()
     # ... climbs by a quarter of a digit, creeps up by less than a tenth, then climbs on.
