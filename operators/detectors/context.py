@@ -51,7 +51,10 @@ per reading (a pseudo-start at ``10**-BURST_LEVEL`` per reading, then the starts
 counted fading like the recalibration's counts, both taken in at each refresh;
 without the recalibration, the pseudo-start alone);
 only a burst itself at least ``BURST_FLOOR`` digits unlikely scores, and only once
-an earlier burst of as many starts exists and the detector has warmed up. Spikes
+an earlier burst of as many starts exists, twice as many starts as ``bursts`` were
+counted before it (a rate from fewer is mostly the pseudo-start, and where rare
+readings keep to one time of day, the peaks of a daily cycle, the first few come
+close together by nature) and the detector has warmed up. Spikes
 to a level the series shows every day or two are neither rare nor new one by one;
 a cluster of them where they used to come two a hundred readings is news. A run
 of rare readings counts once, so a plateau or a busy spell is one start and
@@ -656,7 +659,8 @@ class ContextSurprise(RefreshingDetector):
         ``-log10 P(Poisson(span * rate) >= j)`` beyond the same for the densest
         earlier one, ``rate`` being the series' starts per reading (fixed between
         refreshes), if the burst is itself at least ``BURST_FLOOR`` digits unlikely.
-        Nothing before there is such an earlier burst, nor while warming up.
+        Nothing before there is such an earlier burst, before ``2 * bursts`` starts
+        were counted, nor while warming up.
         """
         n = len(rare)
         rarest = (rare >= BURST_LEVEL) & finite
@@ -669,6 +673,10 @@ class ContextSurprise(RefreshingDetector):
             return np.zeros(n)
         counted, pending = self._burst_starts
         self._burst_starts = (counted, pending + len(starts))
+        # A rate from a handful of starts is mostly the pseudo-start, and where rare readings
+        # keep to a time of day (the peaks of a daily cycle) the first few come close by
+        # nature: a start scores once twice as many as the largest burst holds came before.
+        ready = counted + pending + np.arange(len(starts)) >= 2 * self.bursts
         last = self.bursts - 1
         # Earlier starts as (negative) indices into this stretch, oldest first, then these.
         at = np.concatenate((-ago[::-1], starts))
@@ -683,6 +691,7 @@ class ContextSurprise(RefreshingDetector):
             densest = np.minimum.accumulate(np.concatenate((fewest[j - 1 : j], span)))
             fewest[j - 1] = densest[-1]
             denser = (span < densest[:-1]) & (densest[:-1] < SPAN_CAP)
+            denser &= ready
             if scoring and denser.any():
                 lam = np.stack((span[denser], densest[:-1][denser])) * rate
                 p = np.maximum(gammainc(j + 1, lam), 1e-300)
