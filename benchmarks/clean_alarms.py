@@ -68,7 +68,9 @@ def streams(n_short: int, n_long: int) -> Iterator[Stream]:
             yield f"daily {per_day}, noise {noise}", n_long, seconds, daily(n_long, per_day, noise)
 
 
-def alarms(name: str, options: dict[str, Any], xs: np.ndarray, seconds: float, threshold: float) -> int:
+def alarms(
+    name: str, options: dict[str, Any], xs: np.ndarray, seconds: float, threshold: float
+) -> int:
     """Readings after the probation share that score over ``threshold`` digits."""
     detector = DETECTORS[name](**options)
     detector.observe_intervals(np.full(8, seconds))
