@@ -739,7 +739,8 @@ class ContextSurprise(RefreshingDetector):
         ``rare`` (at most ``rare for the time of day`` plus ``TOD_MARGIN`` once there
         is a daily context) and ``new`` make the first channel (their smaller one), the
         time-of-day pair the seasonal one (their smaller one, held over
-        ``persist`` readings: ``seasonal``); the score is the larger channel,
+        ``persist`` readings: ``seasonal``), ``burst`` the third (non-zero only at
+        the start of a run of rare readings); the score is the largest channel,
         before the recalibration and the refractory damping.
         """
         if not self._parts:
