@@ -205,6 +205,18 @@ _PACKED = (
     *("reach", "reach_blocks", "_reach_lo", "_reach_hi", "_reach", "_reported"),
     *("bursts", "_burst_last", "_burst_starts", "_burst_ago", "_burst_min"),
 )
+#: One-dimensional arrays of the state and their types: pickled as their bytes.
+_ARRAYS = {
+    "_values": np.float64,
+    "_dists": np.float32,
+    "_resids": np.float32,
+    "_season_dists": np.float32,
+    "_history": np.float32,
+    "_held": np.float64,
+    "_totals": np.float64,
+    "_tally": np.float32,
+    "_pending": np.uint8,
+}
 #: Digits by which "rare" may exceed "rare for the time of day" where there is a daily context.
 TOD_MARGIN = 1.0
 #: Width, in decimal digits, of the levels at which the series' own surprises are tallied.
@@ -443,12 +455,19 @@ class ContextSurprise(RefreshingDetector):
         del state["_models"], state["_parts"]
         # The scalars go as one tuple: their names would take 340 of the 32 KB.
         state["_packed"] = tuple(state.pop(name) for name in _PACKED)
+        # The arrays as their bytes: numpy's pickled header costs about 90 bytes each.
+        for name, dtype in _ARRAYS.items():
+            state[name] = np.ascontiguousarray(state[name], dtype=dtype).tobytes()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Scalars packed in order (named one by one before the packing; a shorter
         # tuple predates the settings at its end).
         state.update(zip(_PACKED, state.pop("_packed", ()), strict=False))
+        # Arrays as bytes (as arrays before that was so).
+        for name, dtype in _ARRAYS.items():
+            if isinstance(state.get(name), bytes):
+                state[name] = np.frombuffer(state[name], dtype=dtype).copy()
         # A state pickled before ``hold`` and ``echo`` existed resumes as the
         # detector then was: neither rule.
         state.setdefault("hold", 0)

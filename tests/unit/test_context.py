@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from operators.detectors.context import (
+    _ARRAYS,
     _PACKED,
     PARTS,
     REALERT_MARGIN,
@@ -680,3 +681,19 @@ def test_rare_readings_that_keep_to_the_daily_peak_make_no_burst() -> None:
     early.observe_intervals(np.full(8, 300.0))
     early.score_learn_many(xs[:1074])
     assert sum(early._burst_starts) < 2 * early.bursts
+
+
+def test_a_state_with_arrays_pickled_as_arrays_resumes_as_one_with_bytes() -> None:
+    d = ContextSurprise(period=48)
+    d.score_learn_many(noise(900, seed=2))
+    state = d.__getstate__()
+    assert isinstance(state["_values"], bytes)  # the arrays go as their bytes
+    as_arrays = ContextSurprise.__new__(ContextSurprise)
+    restored = ContextSurprise.__getstate__(d)
+    for name, dtype in _ARRAYS.items():  # as stores written before that hold them
+        restored[name] = np.frombuffer(restored[name], dtype=dtype).copy()
+    as_arrays.__setstate__(pickle.loads(pickle.dumps(restored)))
+    assert np.array_equal(as_arrays._values, d._values)
+    tail = noise(300, seed=3)
+    expected = pickle.loads(pickle.dumps(d)).score_learn_many(tail)
+    assert np.array_equal(as_arrays.score_learn_many(tail), expected)
