@@ -101,7 +101,8 @@ rare-and-new channel drives the score) right after a reading those bars let thro
 is the same event going on: it is reported again only when it is ``REALERT_MARGIN``
 digits above that reading, some three times less likely. The seasonal channel is held
 as the least of ``persist`` readings, so it climbs in steps by construction while an
-event sets in, and no such margin applies to it. A score while warming up raises no
+event sets in, and no such margin applies to it, nor to the burst channel (each of its
+scores is a new, denser burst). A score while warming up raises no
 refractory bar: it is overstated, and its bar would hide the first events after the
 warm-up.
 
