@@ -67,8 +67,13 @@ from operators.events import (
     ShardBatch,
 )
 from operators.normalize import FixedMinMax, Normalizer
-from operators.singles import pick_features
-from operators.steps import DetectConfig, DetectState, NormalizeState, alert_counted
+from operators.steps import (
+    DetectConfig,
+    DetectState,
+    NormalizeState,
+    alert_counted,
+    pick_features,
+)
 
 #: Stands for "no time yet" in the int64 time columns.
 NO_TIME = np.iinfo(np.int64).min

@@ -37,18 +37,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.alerting import AlertPolicy, AlertState
-from operators.calibrate import calibrate
 from operators.detectors import Detector
-from operators.detectors.robust import Flatline, Gap
 from operators.events import (
     DeadLetter,
     DetectedBatch,
-    FloatArray,
-    IntArray,
     ScoredBatch,
     SeriesBatch,
 )
-from operators.steps import DetectConfig, DetectState, NormalizeState, alert_counted
+from operators.steps import (
+    DetectConfig,
+    DetectState,
+    NormalizeState,
+    alert_counted,
+    pick_features,
+)
 
 
 def fast_singles_for(detector: Detector) -> bool:
@@ -134,37 +136,6 @@ def score_singles(
         for d, scored in zip(done, decided, strict=True):
             slots[d.slot] = [scored]
     return [item for slot in slots for item in slot]
-
-
-Feature = tuple[FloatArray, FloatArray]
-
-
-def pick_features(
-    calibrator: str, value_raw: FloatArray, stuck: Feature | None, gap: Feature | None
-) -> tuple[FloatArray, IntArray, FloatArray]:
-    """Calibrate each feature's raw scores (one call a feature) and pick each reading's highest.
-
-    Args:
-        calibrator: The value detector's calibrator.
-        value_raw: The value detector's raw scores.
-        stuck: The stuck feature's raw scores and run lengths, if scored.
-        gap: The gap feature's raw scores and intervals, if scored.
-
-    Returns:
-        Per reading: the calibrated score of its most anomalous feature (the first
-        of equal maxima, as per series), that feature's index, and its detail.
-
-    """
-    rows = [calibrate(calibrator, value_raw)]
-    details = [value_raw]
-    for extra, name in ((stuck, Flatline.calibrator), (gap, Gap.calibrator)):
-        if extra is not None:
-            rows.append(calibrate(name, extra[0]))
-            details.append(extra[1])
-    calibrated = np.vstack(rows)
-    features = calibrated.argmax(axis=0)
-    cols = np.arange(len(value_raw))
-    return calibrated[features, cols], features, np.vstack(details)[features, cols]
 
 
 def _decide(

@@ -309,35 +309,25 @@ def detect_batch(cfg: DetectConfig, state: DetectState, batch: SeriesBatch) -> D
     first = 1 if state.last_ts_ms is None else 0
     state.value.observe_intervals(intervals[first:])
     raw_scores = state.value.score_learn_many(batch.normalized)
-    # One row per feature of calibrated scores and of the detail a reason quotes;
-    # the extra features' raw scores are calibrated together.
-    extra = (state.stuck is not None) + (state.gap is not None)
-    details = np.empty((1 + extra, n))
-    calibrated = np.empty_like(details)
-    details[0] = raw_scores
-    calibrated[0] = calibrate(state.value.calibrator, raw_scores)
-    raw = np.zeros((extra, n))
-    calibrators: list[str] = []
+    stuck = gap = None
     if state.stuck is not None:
-        details[1] = _run_lengths(batch.values, state.stuck.last, state.stuck.run)
-        raw[0] = state.stuck.score_learn_many(batch.values)
-        calibrators.append(Flatline.calibrator)
+        # The run lengths from the detector's state before it learns these values.
+        run = _run_lengths(batch.values, state.stuck.last, state.stuck.run)
+        stuck = (state.stuck.score_learn_many(batch.values), run)
     if state.gap is not None:
-        raw[-1, first:] = state.gap.score_learn_many(intervals[first:])
-        details[-1] = intervals
-        calibrators.append(Gap.calibrator)
+        gap_raw = np.zeros(n)
+        gap_raw[first:] = state.gap.score_learn_many(intervals[first:])
+        gap = (gap_raw, intervals)
     state.last_ts_ms = int(batch.ts_ms[-1]) if n else state.last_ts_ms
-    calibrated[1:] = _calibrate_rows(calibrators, raw)
-    features = calibrated.argmax(axis=0)
-    cols = np.arange(n)
+    scores, features, details = pick_features(state.value.calibrator, raw_scores, stuck, gap)
     return DetectedBatch(
         batch=batch,
         raw_scores=raw_scores,
-        scores=calibrated[features, cols],
+        scores=scores,
         features=features.astype(np.int8),
         feature_names=cfg.feature_names(),
         detector=cfg.detector,
-        details=details[features, cols],
+        details=details,
         parts=state.value.explain(),
     )
 
@@ -363,6 +353,46 @@ def _run_lengths(values: FloatArray, last: float | None, carried: int) -> IntArr
     """
     prev = np.concatenate(([np.nan if last is None else last], values[:-1]))
     return repeat_runs(values == prev, carried) + 1
+
+
+#: A feature's raw scores and the detail an alert's reason quotes, per reading.
+Feature = tuple[FloatArray, FloatArray | IntArray]
+
+
+def pick_features(
+    calibrator: str, value_raw: FloatArray, stuck: Feature | None, gap: Feature | None
+) -> tuple[FloatArray, IntArray, FloatArray]:
+    """Calibrate each feature's raw scores and pick each reading's highest.
+
+    Args:
+        calibrator: The value detector's calibrator.
+        value_raw: The value detector's raw scores.
+        stuck: The stuck feature's raw scores and run lengths, if scored.
+        gap: The gap feature's raw scores and intervals, if scored.
+
+    Returns:
+        Per reading: the calibrated score of its most anomalous feature (the first
+        of equal maxima, as per series), that feature's index, and its detail.
+
+    """
+    extras = [
+        (feature, name)
+        for feature, name in ((stuck, Flatline.calibrator), (gap, Gap.calibrator))
+        if feature is not None
+    ]
+    n = len(value_raw)
+    calibrated = np.empty((1 + len(extras), n))
+    details = np.empty_like(calibrated)
+    calibrated[0] = calibrate(calibrator, value_raw)
+    details[0] = value_raw
+    if extras:
+        # The extra features' raw scores are calibrated together.
+        raw = np.vstack([feature[0] for feature, _ in extras])
+        calibrated[1:] = _calibrate_rows([name for _, name in extras], raw)
+        details[1:] = np.vstack([feature[1] for feature, _ in extras])
+    features = calibrated.argmax(axis=0)
+    cols = np.arange(n)
+    return calibrated[features, cols], features, details[features, cols]
 
 
 def _calibrate_rows(names: list[str], raw: FloatArray) -> FloatArray:
